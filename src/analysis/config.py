@@ -1,0 +1,90 @@
+"""Project paths and the governed definitions loader."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from analysis.errors import DefinitionsError
+
+PROJ_ROOT = Path(os.environ.get("FUNNEL_KIT_ROOT", Path(__file__).resolve().parents[2]))
+CONFIG_DIR = PROJ_ROOT / "config"
+DEFINITIONS_FILE = CONFIG_DIR / "definitions.yml"
+MAPPINGS_DIR = CONFIG_DIR / "mappings"
+DATA_DIR = PROJ_ROOT / "data"
+RAW_DATA_DIR = DATA_DIR / "raw"
+PROCESSED_DATA_DIR = DATA_DIR / "processed"
+REPORTS_DIR = PROJ_ROOT / "reports"
+NOTEBOOKS_DIR = PROJ_ROOT / "notebooks"
+
+DEMO_SEED = 20251101
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """The governed definitions: the parsed YAML, its source text and its sha256."""
+
+    data: dict[str, Any]
+    text: str
+    sha256: str
+    path: str
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.data["statistics"]["settings"]
+
+    def window_days(self, pair: str) -> int:
+        """Conversion window in days for a stage pair such as 'mql_to_sql'."""
+        return int(self.data["conversion_windows"]["days"][pair])
+
+    def origin_of(self, channel: str) -> str:
+        """Origin (marketing/sales/partner) the definitions assign to a channel; 'unknown' if unlisted."""
+        return self.data["channels"]["origin_by_channel"].get(channel, "unknown")
+
+
+REQUIRED_SECTIONS = (
+    "stages",
+    "conversion_windows",
+    "sla",
+    "segments",
+    "channels",
+    "attribution",
+    "closed_lost_themes",
+    "statistics",
+    "scorecard",
+)
+
+
+def load_definitions(path: str | Path | None = None) -> Definitions:
+    """The definitions at `path` (default config/definitions.yml), validated, with their hash."""
+    from analysis.definitions import validate_definitions  # local: keeps config import-light
+
+    p = Path(path) if path is not None else DEFINITIONS_FILE
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise DefinitionsError(f"cannot read definitions: {exc.strerror}", file=str(p)) from exc
+    text = raw.decode("utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise DefinitionsError(
+            f"invalid YAML: {getattr(exc, 'problem', exc)}",
+            file=str(p),
+            row=(mark.line + 1) if mark else None,
+            rule="yaml",
+        ) from exc
+    validate_definitions(data, file=str(p))
+    return Definitions(data=data, text=text, sha256=hashlib.sha256(raw).hexdigest(), path=str(p))
