@@ -4,7 +4,9 @@ One row per number shown in the pack. Columns (the contract, see DESIGN.md "Inte
 section, metric, dimensions, period, value, ci_low, ci_high, p_value, q_value, n, baseline, unit, method, impact.
 `dimensions` is a canonical JSON object with sorted keys ('{}' for the total); `period` is the cohort month or
 period label the value belongs to; rows with a p_value form the pack's single FDR family and receive q_value
-when the pack is assembled; `impact` is the money at stake (used to rank moves), NaN where not applicable.
+when the pack is assembled; `impact` is the money at stake (used to rank moves), NaN where not applicable;
+`flag` marks values shown but not tested: 'immature' (cohort younger than its window), 'small_cell' (below the
+minimum cell size), '' otherwise.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ METRIC_COLUMNS = [
     "unit",
     "method",
     "impact",
+    "flag",
 ]
 
 ARROW_SCHEMA = pa.schema(
@@ -51,6 +54,7 @@ ARROW_SCHEMA = pa.schema(
         ("unit", pa.string()),
         ("method", pa.string()),
         ("impact", pa.float64()),
+        ("flag", pa.string()),
     ]
 )
 
@@ -98,6 +102,8 @@ def metric_rows(
             out[col] = unit
         elif col == "method":
             out[col] = method
+        elif col == "flag":
+            out[col] = ""
         elif col == "period":
             out[col] = ""
         else:
@@ -119,7 +125,7 @@ def empty() -> pd.DataFrame:
 def normalise(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame coerced to the contract's columns and types, sorted deterministically."""
     out = frame.reindex(columns=METRIC_COLUMNS).copy()
-    for col in ("section", "metric", "dimensions", "period", "unit", "method"):
+    for col in ("section", "metric", "dimensions", "period", "unit", "method", "flag"):
         out[col] = out[col].fillna("").astype(str)
     for col in ("value", "ci_low", "ci_high", "p_value", "q_value", "baseline", "impact"):
         out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")

@@ -1,0 +1,405 @@
+"""Funnel conversion: cohort stage-to-stage conversion by month, segment, origin and channel, with tests.
+
+Cohorts, not flows: conversion A->B for month m is, of those entering A in m, the share reaching B within
+the window W (definitions conversion_windows). A cohort whose month ended less than W days before the as-of
+instant is immature: shown, flagged, never tested. Counting happens in the engine (Ibis); only the count
+table (pair x month x segment x channel) reaches pandas, and all statistics run on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ibis
+import numpy as np
+import pandas as pd
+
+from analysis import stats
+from analysis.config import Definitions
+from analysis.engine import to_frame
+from analysis.metrics import dims, normalise
+from analysis.periods import month_end, previous_months
+
+SECTION = "funnel"
+SECONDS_PER_DAY = 86_400
+
+
+@dataclass(frozen=True)
+class StagePair:
+    """A funnel stage pair, e.g. MQL -> SQL, and where its entry and exit timestamps live."""
+
+    key: str  # definitions key, e.g. 'mql_to_sql'
+    label: str  # for people, e.g. 'MQL→SQL'
+    source: str  # 'leads' or 'opportunities'
+    entry: str
+    exit: str
+
+    @property
+    def metric(self) -> str:
+        return f"{self.key}_rate"
+
+
+STAGE_PAIRS: tuple[StagePair, ...] = (
+    StagePair("lead_to_mql", "Lead→MQL", "leads", "created_at", "mql_at"),
+    StagePair("mql_to_sal", "MQL→SAL", "leads", "mql_at", "sal_at"),
+    StagePair("sal_to_sql", "SAL→SQL", "leads", "sal_at", "sql_at"),
+    StagePair("mql_to_sql", "MQL→SQL", "leads", "mql_at", "sql_at"),
+    StagePair("sql_to_won", "SQL→Won", "opportunities", "created_at", "won_at"),
+)
+PAIRS_BY_KEY = {p.key: p for p in STAGE_PAIRS}
+
+# Breakdowns tested against the baseline; channel is shown (with intervals) but not tested, which keeps the
+# pack's FDR family to the cuts leadership acts on.
+TESTED_BREAKDOWNS: tuple[str | None, ...] = (None, "segment", "origin")
+SHOWN_BREAKDOWNS: tuple[str | None, ...] = (None, "segment", "origin", "channel")
+
+
+def _cohort_counts(
+    table: ibis.Table, pair: StagePair, window_days: int, as_of: pd.Timestamp
+) -> ibis.Table:
+    """Ibis expression: entered / converted counts per cohort month, segment and channel for one pair."""
+    as_of_lit = ibis.literal(as_of.to_pydatetime())
+    entered = table.filter(table[pair.entry].notnull() & (table[pair.entry] < as_of_lit))
+    elapsed = entered[pair.exit].epoch_seconds() - entered[pair.entry].epoch_seconds()
+    converted = (
+        entered[pair.exit].notnull()
+        & (entered[pair.exit] < as_of_lit)
+        & (elapsed >= 0)
+        & (elapsed <= window_days * SECONDS_PER_DAY)
+    )
+    return (
+        entered.mutate(
+            month=entered[pair.entry].truncate("M"),
+            converted=converted.cast("int64"),
+        )
+        .group_by(["month", "segment", "channel"])
+        .aggregate(entered=ibis._.count(), converted=ibis._.converted.sum())
+    )
+
+
+def _with_won_at(opportunities: ibis.Table) -> ibis.Table:
+    """Opportunities with won_at (closed_at of won deals) and the channel column the counts group by."""
+    o = opportunities
+    return o.mutate(
+        won_at=ibis.cases((o.is_won.fillna(False), o.closed_at), else_=ibis.null("timestamp")),
+        channel=o.source_channel.fillna("unknown"),
+    )
+
+
+def cohort_counts(
+    tables: dict[str, ibis.Table], definitions: Definitions, as_of: pd.Timestamp, con=None
+) -> pd.DataFrame:
+    """Counts per (pair, cohort month, segment, origin, channel): entered, converted, mature, window_days."""
+    frames = []
+    for pair in STAGE_PAIRS:
+        if pair.source not in tables:
+            continue
+        if pair.source == "leads":
+            source = tables["leads"].mutate(channel=tables["leads"].source_channel)
+        else:
+            source = _with_won_at(tables["opportunities"])
+        window = definitions.window_days(pair.key)
+        counts = to_frame(_cohort_counts(source, pair, window, as_of), con)
+        counts["pair"] = pair.key
+        counts["window_days"] = window
+        frames.append(counts)
+    if not frames:
+        return pd.DataFrame(
+            columns=["pair", "month", "segment", "origin", "channel", "entered", "converted", "mature", "window_days"]
+        )
+    out = pd.concat(frames, ignore_index=True)
+    out["month"] = pd.to_datetime(out["month"]).dt.strftime("%Y-%m")
+    out["origin"] = [definitions.origin_of(c) for c in out["channel"]]
+    out["entered"] = out["entered"].astype("int64")
+    out["converted"] = out["converted"].fillna(0).astype("int64")
+    out["mature"] = [
+        month_end(m) + pd.Timedelta(days=int(w)) <= as_of for m, w in zip(out["month"], out["window_days"], strict=True)
+    ]
+    cols = ["pair", "month", "segment", "origin", "channel", "entered", "converted", "mature", "window_days"]
+    return out[cols].sort_values(cols[:5], kind="mergesort").reset_index(drop=True)
+
+
+def rollup(counts: pd.DataFrame, by: str | None) -> pd.DataFrame:
+    """Counts summed per (pair, month[, by]) with conversion rate and Wilson interval."""
+    keys = ["pair", "month"] + ([by] if by else [])
+    out = (
+        counts.groupby(keys, sort=True, dropna=False)
+        .agg(entered=("entered", "sum"), converted=("converted", "sum"), mature=("mature", "all"))
+        .reset_index()
+    )
+    out["rate"] = np.where(out["entered"] > 0, out["converted"] / out["entered"].where(out["entered"] > 0, 1), np.nan)
+    low, high = stats.wilson_interval(out["converted"].to_numpy(), out["entered"].to_numpy())
+    out["ci_low"], out["ci_high"] = low, high
+    return out
+
+
+def latest_mature_month(counts: pd.DataFrame, pair: str, last_month: str) -> str | None:
+    """The most recent mature cohort month of `pair` at or before `last_month` (None if there is none)."""
+    months = counts.loc[(counts["pair"] == pair) & counts["mature"] & (counts["month"] <= last_month), "month"]
+    return None if months.empty else str(months.max())
+
+
+def value_per_success(
+    tables: dict[str, ibis.Table], counts: pd.DataFrame, as_of: pd.Timestamp, con=None
+) -> dict[tuple[str, str], float]:
+    """Pipeline money one more conversion is worth, per (pair, segment) and (pair, 'All').
+
+    An extra SQL is worth the average opportunity amount; an extra MQL or SAL is worth that amount times the
+    mature downstream conversion to SQL; an extra win is worth the average won amount. This is how moves are
+    ranked by pipeline impact.
+    """
+    if "opportunities" not in tables:
+        return {}
+    o = tables["opportunities"]
+    o = o.filter(o.created_at < ibis.literal(as_of.to_pydatetime()))
+    amounts = to_frame(
+        o.group_by("segment").aggregate(
+            opp_amount=o.amount.cast("float64").mean(),
+            won_amount=ibis.cases((o.is_won.fillna(False), o.amount.cast("float64")), else_=ibis.null("float64")).mean(),
+        ),
+        con,
+    )
+    amounts = amounts.sort_values("segment").reset_index(drop=True)
+    overall = to_frame(
+        o.aggregate(
+            opp_amount=o.amount.cast("float64").mean(),
+            won_amount=ibis.cases((o.is_won.fillna(False), o.amount.cast("float64")), else_=ibis.null("float64")).mean(),
+        ),
+        con,
+    )
+    per_segment = {r.segment: (r.opp_amount, r.won_amount) for r in amounts.itertuples()}
+    per_segment["All"] = (float(overall["opp_amount"].iloc[0]), float(overall["won_amount"].iloc[0]))
+
+    mature = counts[counts["mature"]]
+
+    def downstream(pair: str, segment: str) -> float:
+        rows = mature[mature["pair"] == pair]
+        if segment != "All":
+            rows = rows[rows["segment"] == segment]
+        n = rows["entered"].sum()
+        return float(rows["converted"].sum() / n) if n else float("nan")
+
+    out: dict[tuple[str, str], float] = {}
+    for segment, (opp, won) in per_segment.items():
+        out[("sql_to_won", segment)] = won
+        out[("sal_to_sql", segment)] = opp
+        out[("mql_to_sql", segment)] = opp
+        out[("mql_to_sal", segment)] = opp * downstream("sal_to_sql", segment)
+        out[("lead_to_mql", segment)] = opp * downstream("mql_to_sql", segment)
+    return out
+
+
+def rate_metrics(counts: pd.DataFrame) -> pd.DataFrame:
+    """Long-format rows of every cohort rate shown (month x breakdown), immature and small cells flagged."""
+    rows = []
+    for by in SHOWN_BREAKDOWNS:
+        r = rollup(counts, by)
+        for rec in r.itertuples(index=False):
+            dim = dims(**({by: getattr(rec, by)} if by else {}))
+            rows.append(
+                {
+                    "metric": f"{rec.pair}_rate",
+                    "dimensions": dim,
+                    "period": rec.month,
+                    "value": rec.rate,
+                    "ci_low": rec.ci_low,
+                    "ci_high": rec.ci_high,
+                    "n": rec.entered,
+                    "unit": "share",
+                    "method": "cohort_wilson",
+                    "flag": "" if rec.mature else "immature",
+                }
+            )
+    out = pd.DataFrame(rows)
+    out["section"] = SECTION
+    return normalise(out)
+
+
+def baseline_tests(
+    counts: pd.DataFrame,
+    definitions: Definitions,
+    last_month: str,
+    values: dict[tuple[str, str], float] | None = None,
+) -> pd.DataFrame:
+    """Per pair and tested breakdown: the latest mature month against its trailing baseline (score/exact test)."""
+    settings = definitions.stats
+    k = int(settings["baseline_months"])
+    min_cell = int(settings["min_cell_size"])
+    values = values or {}
+    rows = []
+    for pair in STAGE_PAIRS:
+        month = latest_mature_month(counts, pair.key, last_month)
+        if month is None:
+            continue
+        base_months = previous_months(month, k)
+        for by in TESTED_BREAKDOWNS:
+            r = rollup(counts[counts["pair"] == pair.key], by)
+            groups = [None] if by is None else sorted(r[by].dropna().unique())
+            for g in groups:
+                rg = r if by is None else r[r[by] == g]
+                cur = rg[rg["month"] == month]
+                base = rg[rg["month"].isin(base_months) & rg["mature"]]
+                s1, n1 = int(cur["converted"].sum()), int(cur["entered"].sum())
+                s0, n0 = int(base["converted"].sum()), int(base["entered"].sum())
+                segment = g if by == "segment" else "All"
+                row = {
+                    "metric": f"{pair.key}_rate_change",
+                    "dimensions": dims(**({by: g} if by else {})),
+                    "period": month,
+                    "n": n1,
+                    "baseline": s0 / n0 if n0 else np.nan,
+                    "unit": "share_points",
+                }
+                if n1 < min_cell or n0 < min_cell:
+                    diff = (s1 / n1 - s0 / n0) if n1 and n0 else np.nan
+                    row.update(value=diff, method="not_tested", flag="small_cell")
+                else:
+                    test = stats.two_proportion_test(
+                        s1, n1, s0, n0, exact_below=float(settings.get("exact_test_below", 5))
+                    )
+                    row.update(
+                        value=test.estimate,
+                        ci_low=test.ci_low,
+                        ci_high=test.ci_high,
+                        p_value=test.p_value,
+                        method=f"{test.method}_vs_{k}m_baseline",
+                        flag="",
+                    )
+                per_success = values.get((pair.key, segment), values.get((pair.key, "All"), np.nan))
+                row["impact"] = row["value"] * n1 * per_success if per_success == per_success else np.nan
+                rows.append(row)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return normalise(out)
+    out["section"] = SECTION
+    return normalise(out)
+
+
+def trend_tests(counts: pd.DataFrame, definitions: Definitions, last_month: str) -> pd.DataFrame:
+    """Per pair (total and by segment): binomial GLM slope over the trailing mature months."""
+    span = int(definitions.stats.get("trend_months", 12))
+    min_cell = int(definitions.stats["min_cell_size"])
+    rows = []
+    for pair in STAGE_PAIRS:
+        month = latest_mature_month(counts, pair.key, last_month)
+        if month is None:
+            continue
+        months = previous_months(month, span - 1) + [month]
+        for by in (None, "segment"):
+            r = rollup(counts[(counts["pair"] == pair.key) & counts["mature"]], by)
+            r = r[r["month"].isin(months)]
+            groups = [None] if by is None else sorted(r[by].dropna().unique())
+            for g in groups:
+                rg = (r if by is None else r[r[by] == g]).sort_values("month")
+                if len(rg) < 3 or rg["entered"].min() < min_cell:
+                    continue
+                t = np.array([pd.Period(m, freq="M").ordinal for m in rg["month"]], dtype=float)
+                res = stats.binomial_trend(rg["converted"].to_numpy(), rg["entered"].to_numpy(), t - t.min())
+                rows.append(
+                    {
+                        "metric": f"{pair.key}_rate_trend",
+                        "dimensions": dims(**({by: g} if by else {})),
+                        "period": month,
+                        "value": res.estimate,
+                        "ci_low": res.ci_low,
+                        "ci_high": res.ci_high,
+                        "p_value": res.p_value,
+                        "n": int(rg["entered"].sum()),
+                        "unit": "log_odds_per_month",
+                        "method": f"glm_binomial_{len(rg)}m",
+                    }
+                )
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return normalise(out)
+    out["section"] = SECTION
+    return normalise(out)
+
+
+def segment_tests(counts: pd.DataFrame, definitions: Definitions, last_month: str) -> pd.DataFrame:
+    """Per pair: chi-square test that segments share one rate in the latest mature month."""
+    min_cell = int(definitions.stats["min_cell_size"])
+    rows = []
+    for pair in STAGE_PAIRS:
+        month = latest_mature_month(counts, pair.key, last_month)
+        if month is None:
+            continue
+        r = rollup(counts[(counts["pair"] == pair.key) & (counts["month"] == month)], "segment")
+        r = r[r["entered"] >= min_cell]
+        if len(r) < 2:
+            continue
+        res = stats.homogeneity_test(r["converted"].to_numpy(), r["entered"].to_numpy())
+        rows.append(
+            {
+                "metric": f"{pair.key}_rate_segment_difference",
+                "dimensions": dims(),
+                "period": month,
+                "value": res.statistic,
+                "p_value": res.p_value,
+                "n": int(r["entered"].sum()),
+                "unit": "chi_square",
+                "method": "chi_square",
+            }
+        )
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return normalise(out)
+    out["section"] = SECTION
+    return normalise(out)
+
+
+def decomposition(counts: pd.DataFrame, definitions: Definitions, last_month: str) -> pd.DataFrame:
+    """Mix and rate effects (by segment, and by origin) of each pair's change in the overall rate."""
+    k = int(definitions.stats["baseline_months"])
+    rows = []
+    for pair in STAGE_PAIRS:
+        month = latest_mature_month(counts, pair.key, last_month)
+        if month is None:
+            continue
+        base_months = previous_months(month, k)
+        sub = counts[counts["pair"] == pair.key]
+        for by in ("segment", "origin"):
+            cur = sub[sub["month"] == month].groupby(by)[["converted", "entered"]].sum()
+            base = sub[sub["month"].isin(base_months) & sub["mature"]].groupby(by)[["converted", "entered"]].sum()
+            frame = (
+                base.rename(columns={"converted": "s0", "entered": "n0"})
+                .join(cur.rename(columns={"converted": "s1", "entered": "n1"}), how="outer")
+                .fillna(0)
+                .reset_index()
+            )
+            if frame["n0"].sum() == 0 or frame["n1"].sum() == 0:
+                continue
+            dec = stats.mix_rate_decomposition(frame, group=by, s0="s0", n0="n0", s1="s1", n1="n1")
+            for rec in dec.itertuples(index=False):
+                for effect in ("mix_effect", "rate_effect"):
+                    rows.append(
+                        {
+                            "metric": f"{pair.key}_rate_{effect}",
+                            "dimensions": dims(**{by: rec.group}),
+                            "period": month,
+                            "value": getattr(rec, effect),
+                            "unit": "share_points",
+                            "method": f"midpoint_decomposition_by_{by}",
+                        }
+                    )
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return normalise(out)
+    out["section"] = SECTION
+    return normalise(out)
+
+
+def funnel_metrics(
+    tables: dict[str, ibis.Table], definitions: Definitions, as_of: pd.Timestamp, last_month: str, con=None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cohort count table, every funnel metric row: rates, baseline tests, trends, segment tests, decomposition)."""
+    counts = cohort_counts(tables, definitions, as_of, con)
+    values = value_per_success(tables, counts, as_of, con)
+    parts = [
+        rate_metrics(counts),
+        baseline_tests(counts, definitions, last_month, values),
+        trend_tests(counts, definitions, last_month),
+        segment_tests(counts, definitions, last_month),
+        decomposition(counts, definitions, last_month),
+    ]
+    return counts, normalise(pd.concat([p for p in parts if not p.empty], ignore_index=True))

@@ -1,0 +1,327 @@
+"""Run a cadence: execute its notebooks with papermill, assemble metrics, render and publish the pack.
+
+The sequence: resolve period -> execute section notebooks (two kernels in parallel) -> one FDR family over
+every test in the pack -> execute the executive brief on the assembled metrics -> normalise the executed
+notebooks -> render one HTML file -> manifest -> move into place. Everything is written into a hidden sibling
+folder and swapped in only when complete, under a lock, so a failed or killed run never leaves a half-written
+pack or damages the previous one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import html
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+
+from analysis import __version__
+from analysis.config import DEFINITIONS_FILE, NOTEBOOKS_DIR, PROJ_ROOT, REPORTS_DIR, load_definitions
+from analysis.context import snapshot_of
+from analysis.errors import RunError
+from analysis.manifest import git_commit, outputs_of, package_set_hash, sha256_file, write_json
+from analysis.metrics import read_metrics, write_metrics
+from analysis.periods import Period, as_of_for, last_complete_period, parse_period
+from analysis.render import RenderedSection, render_page, render_section
+from analysis.stats import bh_qvalues
+
+BRIEF = "01_executive_brief"
+
+# Notebooks per cadence, in the pack's reading order (the brief always first, executed last).
+CADENCES: dict[str, tuple[str, ...]] = {
+    "monthly": (
+        BRIEF,
+        "02_data_quality",
+        "03_funnel_conversion",
+    ),
+    "weekly": (BRIEF, "02_data_quality"),
+    "quarterly": (BRIEF, "02_data_quality", "03_funnel_conversion"),
+}
+
+CADENCE_TITLES = {"monthly": "Monthly trend review", "weekly": "Weekly operating review", "quarterly": "Quarterly plan"}
+PARALLEL_KERNELS = 2
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a run depends on (recorded in the manifest)."""
+
+    cadence: str
+    period: Period
+    as_of: pd.Timestamp
+    data_dir: Path
+    out_dir: Path
+    definitions_path: Path
+    notebooks_dir: Path
+    actions_path: Path
+    engine: str
+
+
+def resolve_period(cadence: str, period: str | None, data_dir: Path) -> Period:
+    """The requested period, or the last complete one in the data; checked against the cadence."""
+    if cadence not in CADENCES:
+        raise RunError(f"unknown cadence '{cadence}' (one of {', '.join(CADENCES)})", rule="cadence")
+    if period is None:
+        return last_complete_period(cadence, snapshot_of(data_dir))
+    try:
+        p = parse_period(period)
+    except ValueError as exc:
+        raise RunError(str(exc), rule="period") from exc
+    if p.cadence != cadence:
+        raise RunError(f"period '{period}' is {p.cadence}, not {cadence}", rule="period")
+    return p
+
+
+def _rel(path: Path, start: Path) -> str:
+    return os.path.relpath(path.resolve(), start.resolve())
+
+
+def _parameters(spec: RunSpec, workdir: Path) -> dict[str, str]:
+    # Paths relative to the kernel's working folder (the report folder), so executed notebooks do not depend
+    # on where the repository lives or on the temporary folder's name.
+    return {
+        "period": spec.period.label,
+        "cadence": spec.cadence,
+        "as_of": spec.as_of.isoformat(),
+        "data_dir": _rel(spec.data_dir, workdir),
+        "out_dir": ".",
+        "definitions_path": _rel(spec.definitions_path, workdir),
+        "actions_path": _rel(spec.actions_path, workdir),
+        "engine": spec.engine,
+    }
+
+
+def _execute(args: tuple[str, str, dict[str, str], str]) -> str:
+    import papermill  # imported in the worker: keeps the parent light
+
+    source, target, parameters, cwd = args
+    nb = nbformat.read(source, as_version=4)
+    declared = _declared_parameters(nb)
+    params = {k: v for k, v in parameters.items() if k in declared}
+    try:
+        papermill.execute_notebook(
+            source,
+            target,
+            parameters=params,
+            kernel_name="python3",
+            cwd=cwd,
+            progress_bar=False,
+            log_output=False,
+        )
+    except papermill.PapermillExecutionError as exc:
+        raise RunError(
+            f"notebook failed: {exc.ename}: {exc.evalue}", file=Path(source).name, rule="notebook_execution"
+        ) from None
+    return target
+
+
+def _declared_parameters(nb: nbformat.NotebookNode) -> set[str]:
+    for cell in nb.cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            names = set()
+            for line in cell.source.splitlines():
+                name, sep, _ = line.partition("=")
+                if sep and name.strip().isidentifier():
+                    names.add(name.strip())
+            return names
+    return set()
+
+
+def normalise_notebook(path: Path) -> None:
+    """Strip run-to-run noise (timestamps, durations, paths) from an executed notebook, in place."""
+    nb = nbformat.read(path, as_version=4)
+    pm = nb.metadata.get("papermill", {})
+    for key in ("start_time", "end_time", "duration", "input_path", "output_path", "environment_variables"):
+        pm.pop(key, None)
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        cpm = cell.metadata.get("papermill")
+        if cpm is not None:
+            for key in ("start_time", "end_time", "duration"):
+                cpm.pop(key, None)
+    nbformat.write(nb, path)
+
+
+def assemble_metrics(report_dir: Path) -> pd.DataFrame:
+    """Every section's metrics in one table with Benjamini-Hochberg q-values over the pack's single family."""
+    metrics = read_metrics(report_dir / "metrics")
+    metrics["q_value"] = bh_qvalues(metrics["p_value"].to_numpy())
+    return metrics
+
+
+def _provenance(spec: RunSpec, ingest: dict, definitions_sha: str) -> list[tuple[str, str]]:
+    rows = [
+        ("Period", f"{spec.period.label} ({spec.cadence})"),
+        ("As of", spec.as_of.strftime("%Y-%m-%d %H:%M UTC")),
+        ("Definitions sha256", definitions_sha),
+        ("Kit version", __version__),
+        ("Import mapping", f"{ingest.get('mapping', {}).get('name', '')} {ingest.get('mapping', {}).get('sha256', '')}"),
+    ]
+    for f in sorted(ingest.get("files", []), key=lambda f: f["path"]):
+        rows.append((f"Input {f['path']}", f"sha256 {f['sha256']} · {f.get('rows', '')} rows"))
+    if spec.actions_path.exists():
+        rows.append((f"Input {spec.actions_path.name}", f"sha256 {sha256_file(spec.actions_path)}"))
+    return rows
+
+
+def _definitions_appendix(text: str, sha: str) -> RenderedSection:
+    body = (
+        '<div class="kit-definitions"><h1>Appendix: governed definitions</h1>'
+        f"<p>config/definitions.yml, sha256 <code>{sha}</code>. Every number in this pack uses these rules.</p>"
+        f"<pre>{html.escape(text)}</pre></div>"
+    )
+    return RenderedSection(anchor="appendix-definitions", title="Appendix: governed definitions", body=body)
+
+
+@contextmanager
+def _lock(reports_root: Path, label: str) -> Iterator[None]:
+    reports_root.mkdir(parents=True, exist_ok=True)
+    path = reports_root / f".{label}.lock"
+    with open(path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(
+                f"another run of {label} is in progress (lock {path.name}); try again when it finishes",
+                file=str(path),
+                rule="lock",
+            ) from None
+        yield
+
+
+def _publish(staging: Path, final: Path) -> None:
+    """Swap a complete staging folder into place; the previous pack survives until the new one is there."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover(reports_root: Path, label: str) -> None:
+    """Restore the previous pack if a run was killed between the two renames; drop stale staging folders."""
+    final = reports_root / label
+    old = reports_root / f".{label}.old"
+    if old.exists() and not final.exists():
+        old.rename(final)
+    elif old.exists():
+        shutil.rmtree(old)
+    staging = reports_root / f".{label}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+
+
+def run_cadence(
+    cadence: str,
+    period: str | None = None,
+    *,
+    data_dir: str | Path,
+    out_dir: str | Path | None = None,
+    definitions_path: str | Path | None = None,
+    notebooks_dir: str | Path | None = None,
+    actions_dir: str | Path | None = None,
+    engine: str = "duckdb",
+) -> Path:
+    """Execute, assemble, render and publish one cadence's pack; return the report folder."""
+    data_dir = Path(data_dir).resolve()
+    if not (data_dir / "ingest_manifest.json").exists():
+        raise RunError("no ingested data (run `python -m analysis ingest` first)", file=str(data_dir), rule="input")
+    p = resolve_period(cadence, period, data_dir)
+    final = Path(out_dir).resolve() if out_dir else (REPORTS_DIR / p.label).resolve()
+    reports_root = final.parent
+    definitions_path = Path(definitions_path or DEFINITIONS_FILE).resolve()
+    definitions = load_definitions(definitions_path)
+    actions_root = Path(actions_dir) if actions_dir else PROJ_ROOT / "data" / "raw" / "actions"
+    spec = RunSpec(
+        cadence=cadence,
+        period=p,
+        as_of=as_of_for(p, snapshot_of(data_dir)),
+        data_dir=data_dir,
+        out_dir=final,
+        definitions_path=definitions_path,
+        notebooks_dir=Path(notebooks_dir or NOTEBOOKS_DIR).resolve(),
+        actions_path=(actions_root / f"{p.label}.md").resolve(),
+        engine=engine,
+    )
+    names = CADENCES[cadence]
+    for name in names:
+        if not (spec.notebooks_dir / f"{name}.ipynb").exists():
+            raise RunError("notebook missing", file=str(spec.notebooks_dir / f"{name}.ipynb"), rule="cadence")
+
+    with _lock(reports_root, final.name):
+        recover(reports_root, final.name)
+        staging = reports_root / f".{final.name}.partial"
+        (staging / "notebooks").mkdir(parents=True)
+        params = _parameters(spec, staging)
+        jobs = [
+            (str(spec.notebooks_dir / f"{n}.ipynb"), str(staging / "notebooks" / f"{n}.ipynb"), params, str(staging))
+            for n in names
+            if n != BRIEF
+        ]
+        try:
+            with ProcessPoolExecutor(max_workers=PARALLEL_KERNELS) as pool:
+                list(pool.map(_execute, jobs))
+            write_metrics(assemble_metrics(staging), staging / "metrics.parquet")
+            _execute((str(spec.notebooks_dir / f"{BRIEF}.ipynb"), str(staging / "notebooks" / f"{BRIEF}.ipynb"),
+                      params, str(staging)))
+            shutil.rmtree(staging / "metrics")  # assembled into metrics.parquet
+            for n in names:
+                normalise_notebook(staging / "notebooks" / f"{n}.ipynb")
+
+            ingest = json.loads((data_dir / "ingest_manifest.json").read_text(encoding="utf-8"))
+            sections = [render_section(staging / "notebooks" / f"{n}.ipynb") for n in names]
+            sections.append(_definitions_appendix(definitions.text, definitions.sha256))
+            page = render_page(
+                sections,
+                title=f"{CADENCE_TITLES[cadence]} · {p.label}",
+                subtitle=f"Revenue funnel board pack · data as of {spec.as_of:%Y-%m-%d %H:%M} UTC",
+                provenance=_provenance(spec, ingest, definitions.sha256),
+            )
+            (staging / "board_pack.html").write_text(page, encoding="utf-8")
+            write_json(staging / "manifest.json", build_manifest(spec, staging, ingest, definitions.sha256))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _publish(staging, final)
+    return final
+
+
+def build_manifest(spec: RunSpec, report_dir: Path, ingest: dict, definitions_sha: str) -> dict:
+    """The run manifest: code, environment, parameters, definitions, inputs and outputs, each with its hash."""
+    lock_hash, _ = package_set_hash()
+    processed = {
+        p.name: sha256_file(p) for p in sorted(spec.data_dir.glob("*.parquet"))
+    }
+    return {
+        "kit": {"version": __version__, "commit": git_commit(PROJ_ROOT), "package_set_sha256": lock_hash},
+        "parameters": {
+            "cadence": spec.cadence,
+            "period": spec.period.label,
+            "as_of": spec.as_of.isoformat(),
+            "engine": spec.engine,
+            "notebooks": list(CADENCES[spec.cadence]),
+        },
+        "definitions": {"path": _rel(spec.definitions_path, PROJ_ROOT), "sha256": definitions_sha},
+        "inputs": {
+            "mapping": ingest.get("mapping", {}),
+            "raw_files": ingest.get("files", []),
+            "processed_files": processed,
+            "actions": (
+                {"path": spec.actions_path.name, "sha256": sha256_file(spec.actions_path)}
+                if spec.actions_path.exists()
+                else None
+            ),
+        },
+        "outputs": outputs_of(report_dir),
+    }
