@@ -62,7 +62,9 @@ def validate_definitions(data: Any, file: str | None = None) -> None:
     for key, days in windows.items():
         a, sep, b = str(key).partition("_to_")
         if not sep or a not in order or b not in order:
-            _fail(f"unknown stage in window '{key}' (stages: {', '.join(names)})", f"conversion_windows.days.{key}", file)
+            _fail(
+                f"unknown stage in window '{key}' (stages: {', '.join(names)})", f"conversion_windows.days.{key}", file
+            )
         if order[a] >= order[b]:
             _fail("a window must run from an earlier stage to a later one", f"conversion_windows.days.{key}", file)
         if not isinstance(days, int) or days <= 0:

@@ -17,7 +17,7 @@ import pandas as pd
 from analysis import stats
 from analysis.config import Definitions
 from analysis.engine import to_frame
-from analysis.metrics import dims, normalise
+from analysis.metrics import dims, normalise, parse_dims
 from analysis.periods import month_end, previous_months
 
 SECTION = "funnel"
@@ -54,9 +54,7 @@ TESTED_BREAKDOWNS: tuple[str | None, ...] = (None, "segment", "origin")
 SHOWN_BREAKDOWNS: tuple[str | None, ...] = (None, "segment", "origin", "channel")
 
 
-def _cohort_counts(
-    table: ibis.Table, pair: StagePair, window_days: int, as_of: pd.Timestamp
-) -> ibis.Table:
+def _cohort_counts(table: ibis.Table, pair: StagePair, window_days: int, as_of: pd.Timestamp) -> ibis.Table:
     """Ibis expression: entered / converted counts per cohort month, segment and channel for one pair."""
     as_of_lit = ibis.literal(as_of.to_pydatetime())
     entered = table.filter(table[pair.entry].notnull() & (table[pair.entry] < as_of_lit))
@@ -155,7 +153,9 @@ def value_per_success(
     amounts = to_frame(
         o.group_by("segment").aggregate(
             opp_amount=o.amount.cast("float64").mean(),
-            won_amount=ibis.cases((o.is_won.fillna(False), o.amount.cast("float64")), else_=ibis.null("float64")).mean(),
+            won_amount=ibis.cases(
+                (o.is_won.fillna(False), o.amount.cast("float64")), else_=ibis.null("float64")
+            ).mean(),
         ),
         con,
     )
@@ -163,7 +163,9 @@ def value_per_success(
     overall = to_frame(
         o.aggregate(
             opp_amount=o.amount.cast("float64").mean(),
-            won_amount=ibis.cases((o.is_won.fillna(False), o.amount.cast("float64")), else_=ibis.null("float64")).mean(),
+            won_amount=ibis.cases(
+                (o.is_won.fillna(False), o.amount.cast("float64")), else_=ibis.null("float64")
+            ).mean(),
         ),
         con,
     )
@@ -403,3 +405,134 @@ def funnel_metrics(
         decomposition(counts, definitions, last_month),
     ]
     return counts, normalise(pd.concat([p for p in parts if not p.empty], ignore_index=True))
+
+
+def summary_table(metrics: pd.DataFrame, definitions: Definitions) -> pd.DataFrame:
+    """Per stage pair (total): tested month, rate, baseline, change with interval and p-value."""
+    tests = metrics[(metrics["metric"].str.endswith("_rate_change")) & (metrics["dimensions"] == "{}")]
+    rows = []
+    for pair in STAGE_PAIRS:
+        t = tests[tests["metric"] == f"{pair.key}_rate_change"]
+        if t.empty:
+            continue
+        r = t.iloc[0]
+        rows.append(
+            {
+                "stage": pair.label,
+                "cohort month": r["period"],
+                "window (days)": definitions.window_days(pair.key),
+                "rate": r["baseline"] + r["value"],
+                "baseline": r["baseline"],
+                "change (pts)": r["value"] * 100,
+                "95% CI (pts)": f"{r['ci_low'] * 100:+.1f} to {r['ci_high'] * 100:+.1f}",
+                "p": r["p_value"],
+                "n": int(r["n"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def breakdown_table(metrics: pd.DataFrame, pair: str, by: str) -> pd.DataFrame:
+    """For one pair and breakdown (segment/origin): tested month's rate vs baseline per group."""
+    tests = metrics[metrics["metric"] == f"{pair}_rate_change"]
+    rows = []
+    for r in tests.itertuples(index=False):
+        d = parse_dims(r.dimensions)
+        if list(d) != [by]:
+            continue
+        rows.append(
+            {
+                by: d[by],
+                "cohort month": r.period,
+                "rate": r.baseline + r.value if r.value == r.value else np.nan,
+                "baseline": r.baseline,
+                "change (pts)": r.value * 100,
+                "p": r.p_value,
+                "n": r.n,
+                "note": "below minimum cell size" if r.flag == "small_cell" else "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def trend_chart(metrics: pd.DataFrame, by: str | None = None, pair: str = "mql_to_sql", months: int = 18):
+    """Line chart of a pair's monthly cohort rate (by a breakdown or total) with Wilson bands; immature dashed."""
+    from analysis.charts import new_figure
+
+    rates = metrics[(metrics["metric"] == f"{pair}_rate") & (metrics["method"] == "cohort_wilson")].copy()
+    rates["d"] = rates["dimensions"].map(parse_dims)
+    rates = rates[rates["d"].map(lambda d: list(d) == ([by] if by else []))]
+    rates["group"] = rates["d"].map(lambda d: d.get(by, "All") if by else "All")
+    keep = sorted(rates["period"].unique())[-months:]
+    rates = rates[rates["period"].isin(keep)].sort_values(["group", "period"])
+    fig, ax = new_figure(8, 3.4)
+    for group, g in rates.groupby("group", sort=True):
+        x = pd.PeriodIndex(g["period"], freq="M").to_timestamp()
+        mature = g["flag"] != "immature"
+        line = ax.plot(x[mature.to_numpy()], g.loc[mature, "value"], marker="o", ms=3, label=str(group))[0]
+        ax.fill_between(
+            x[mature.to_numpy()], g.loc[mature, "ci_low"], g.loc[mature, "ci_high"], alpha=0.15, color=line.get_color()
+        )
+        if (~mature).any():
+            ax.plot(x[(~mature).to_numpy()], g.loc[~mature, "value"], ls=":", marker="x", ms=3, color=line.get_color())
+    label_pair = PAIRS_BY_KEY[pair].label
+    ax.set_title(f"{label_pair} conversion by cohort month" + (f" and {by}" if by else ""))
+    ax.set_ylabel("conversion")
+    ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+    ax.legend(loc="upper left", fontsize=8, ncols=4, frameon=False)
+    ax.annotate(
+        "dotted: immature cohorts (window not elapsed), not tested",
+        xy=(1, -0.18),
+        xycoords="axes fraction",
+        ha="right",
+        fontsize=7,
+        color="#5b6475",
+    )
+    return fig
+
+
+def stage_grid_chart(metrics: pd.DataFrame, months: int = 18):
+    """Small multiples: every stage pair's total cohort rate over time with Wilson bands."""
+    from analysis.charts import plt
+
+    fig, axes = plt.subplots(1, len(STAGE_PAIRS), figsize=(11, 2.4), sharey=False)
+    for ax, pair in zip(axes, STAGE_PAIRS, strict=True):
+        r = metrics[
+            (metrics["metric"] == pair.metric)
+            & (metrics["dimensions"] == "{}")
+            & (metrics["method"] == "cohort_wilson")
+        ].sort_values("period")
+        r = r[r["period"].isin(sorted(r["period"].unique())[-months:])]
+        mature = r[r["flag"] != "immature"]
+        x = pd.PeriodIndex(mature["period"], freq="M").to_timestamp()
+        ax.plot(x, mature["value"], marker="o", ms=2)
+        ax.fill_between(x, mature["ci_low"], mature["ci_high"], alpha=0.2)
+        ax.set_title(pair.label, fontsize=10)
+        ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    return fig
+
+
+def decomposition_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per stage pair: the overall change split into segment mix and within-segment rate effects (pts)."""
+    rows = []
+    for pair in STAGE_PAIRS:
+        sub = metrics[metrics["method"] == "midpoint_decomposition_by_segment"]
+        mix = sub[sub["metric"] == f"{pair.key}_rate_mix_effect"]
+        rate = sub[sub["metric"] == f"{pair.key}_rate_rate_effect"]
+        if rate.empty:
+            continue
+        top = rate.iloc[rate["value"].abs().argmax()]
+        rows.append(
+            {
+                "stage": pair.label,
+                "cohort month": top["period"],
+                "total change (pts)": (mix["value"].sum() + rate["value"].sum()) * 100,
+                "mix effect (pts)": mix["value"].sum() * 100,
+                "rate effect (pts)": rate["value"].sum() * 100,
+                "largest rate effect": parse_dims(top["dimensions"]).get("segment", ""),
+                "its size (pts)": top["value"] * 100,
+            }
+        )
+    return pd.DataFrame(rows)

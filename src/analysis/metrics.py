@@ -90,9 +90,11 @@ def metric_rows(
     out = pd.DataFrame(index=frame.index)
     out["section"] = section
     out["metric"] = frame["metric"] if metric is None else metric
-    out["dimensions"] = [
-        dims_from_mapping({c: _plain(r[c]) for c in dimension_columns}) for _, r in frame.iterrows()
-    ] if dimension_columns else "{}"
+    out["dimensions"] = (
+        [dims_from_mapping({c: _plain(r[c]) for c in dimension_columns}) for _, r in frame.iterrows()]
+        if dimension_columns
+        else "{}"
+    )
     for col in METRIC_COLUMNS[3:]:
         if col in ("section", "metric", "dimensions"):
             continue

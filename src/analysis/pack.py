@@ -163,7 +163,10 @@ def _provenance(spec: RunSpec, ingest: dict, definitions_sha: str) -> list[tuple
         ("As of", spec.as_of.strftime("%Y-%m-%d %H:%M UTC")),
         ("Definitions sha256", definitions_sha),
         ("Kit version", __version__),
-        ("Import mapping", f"{ingest.get('mapping', {}).get('name', '')} {ingest.get('mapping', {}).get('sha256', '')}"),
+        (
+            "Import mapping",
+            f"{ingest.get('mapping', {}).get('name', '')} {ingest.get('mapping', {}).get('sha256', '')}",
+        ),
     ]
     for f in sorted(ingest.get("files", []), key=lambda f: f["path"]):
         rows.append((f"Input {f['path']}", f"sha256 {f['sha256']} · {f.get('rows', '')} rows"))
@@ -273,8 +276,14 @@ def run_cadence(
             with ProcessPoolExecutor(max_workers=PARALLEL_KERNELS) as pool:
                 list(pool.map(_execute, jobs))
             write_metrics(assemble_metrics(staging), staging / "metrics.parquet")
-            _execute((str(spec.notebooks_dir / f"{BRIEF}.ipynb"), str(staging / "notebooks" / f"{BRIEF}.ipynb"),
-                      params, str(staging)))
+            _execute(
+                (
+                    str(spec.notebooks_dir / f"{BRIEF}.ipynb"),
+                    str(staging / "notebooks" / f"{BRIEF}.ipynb"),
+                    params,
+                    str(staging),
+                )
+            )
             shutil.rmtree(staging / "metrics")  # assembled into metrics.parquet
             for n in names:
                 normalise_notebook(staging / "notebooks" / f"{n}.ipynb")
@@ -300,9 +309,7 @@ def run_cadence(
 def build_manifest(spec: RunSpec, report_dir: Path, ingest: dict, definitions_sha: str) -> dict:
     """The run manifest: code, environment, parameters, definitions, inputs and outputs, each with its hash."""
     lock_hash, _ = package_set_hash()
-    processed = {
-        p.name: sha256_file(p) for p in sorted(spec.data_dir.glob("*.parquet"))
-    }
+    processed = {p.name: sha256_file(p) for p in sorted(spec.data_dir.glob("*.parquet"))}
     return {
         "kit": {"version": __version__, "commit": git_commit(PROJ_ROOT), "package_set_sha256": lock_hash},
         "parameters": {

@@ -1,0 +1,341 @@
+"""The executive brief: What moved, What caused it, What it means for plan, What marketing is doing.
+
+Every sentence is generated from the assembled metrics table only (each number traceable to one row), in
+the same order every period. A metric "moved" only when its test passes the pack's FDR (q < alpha) and the
+change clears the minimum practical and relative effect in the definitions.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.config import Definitions
+from analysis.metrics import parse_dims
+from analysis.stats import is_move
+
+# Users' words for metric names; a metric without a label is shown by its name with spaces.
+METRIC_LABELS = {
+    "lead_to_mql_rate": "Lead→MQL conversion",
+    "mql_to_sal_rate": "MQL→SAL acceptance",
+    "sal_to_sql_rate": "SAL→SQL conversion",
+    "mql_to_sql_rate": "MQL→SQL conversion",
+    "sql_to_won_rate": "SQL→Won win rate",
+    "sla_adherence": "SLA adherence (first touch in time)",
+    "acceptance_within_48h": "MQL acceptance within 48 h",
+    "rejection_reason_share": "share of rejections",
+    "theme_share": "share of losses",
+    "competitor_loss_share": "share of losses",
+    "mql_aging_72h_share": "MQLs untouched beyond 72 h",
+    "days_to_close_median": "median days to close",
+    "win_rate_with_marketing": "win rate with marketing touches",
+}
+
+SHARE_UNITS = {"share", "share_points"}
+
+
+def label(metric: str) -> str:
+    """People's name for a metric (its '_change' suffix removed)."""
+    base = metric.removesuffix("_change")
+    return METRIC_LABELS.get(base, base.replace("_", " "))
+
+
+def scope(dimensions: str) -> str:
+    """'Enterprise', 'EMEA', 'reason budget not confirmed' ... from a dimensions JSON ('' for the total)."""
+    d = parse_dims(dimensions)
+    parts = []
+    for key, value in sorted(d.items()):
+        text = str(value).replace("_", " ")
+        parts.append(text if key in ("segment", "region", "origin") else f"{key.replace('_', ' ')} {text}")
+    return ", ".join(parts)
+
+
+def moves(metrics: pd.DataFrame, definitions: Definitions) -> pd.DataFrame:
+    """The tested changes that moved (q < alpha and beyond the practical effect), largest money impact first."""
+    s = definitions.stats
+    tests = metrics[metrics["metric"].str.endswith("_change") & metrics["p_value"].notna()].copy()
+    if tests.empty:
+        return tests
+    moved = is_move(
+        tests["q_value"].to_numpy(),
+        tests["value"].to_numpy(),
+        tests["baseline"].to_numpy(),
+        alpha=float(s["alpha"]),
+        min_practical_effect=float(s["min_practical_effect"]),
+        min_relative_effect=float(s.get("min_relative_effect", 0.0)),
+    )
+    out = tests[moved].copy()
+    out["abs_impact"] = out["impact"].abs().fillna(-1.0)
+    out = out.sort_values(
+        ["abs_impact", "q_value", "section", "metric", "dimensions"],
+        ascending=[False, True, True, True, True],
+        kind="mergesort",
+    )
+    return out.drop(columns="abs_impact").reset_index(drop=True)
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.1f}%"
+
+
+def _pts(x: float) -> str:
+    return f"{x * 100:+.1f} pts"
+
+
+def _q(q: float) -> str:
+    return "q < 0.001" if q < 0.001 else f"q = {q:.3f}"
+
+
+def money(x: float) -> str:
+    """Money for people: $1.2M, $350k, $900."""
+    if x != x:  # NaN
+        return "n/a"
+    sign = "−" if x < 0 else ""
+    a = abs(x)
+    if a >= 1e6:
+        return f"{sign}${a / 1e6:.1f}M"
+    if a >= 1e3:
+        return f"{sign}${a / 1e3:.0f}k"
+    return f"{sign}${a:.0f}"
+
+
+def move_sentence(row: pd.Series, baseline_months: int) -> str:
+    """One plain-English sentence for a move, with the number, its interval and the comparison."""
+    who = scope(row["dimensions"])
+    what = f"{who} {label(row['metric'])}".strip()
+    what = what[0].upper() + what[1:]
+    change, base = float(row["value"]), float(row["baseline"])
+    direction = "fell" if change < 0 else "rose"
+    if row["unit"] in SHARE_UNITS:
+        text = (
+            f"{what} {direction} to {_pct(base + change)} in {row['period']} from {_pct(base)} over the previous "
+            f"{baseline_months} months ({_pts(change)}, 95% CI {_pts(row['ci_low'])} to {_pts(row['ci_high'])}; "
+            f"{_q(row['q_value'])}; n = {int(row['n']):,})."
+        )
+    else:
+        text = (
+            f"{what} {direction} to {base + change:,.1f} in {row['period']} from {base:,.1f} "
+            f"({change:+,.1f}, 95% CI {row['ci_low']:+,.1f} to {row['ci_high']:+,.1f}; {_q(row['q_value'])})."
+        )
+    if row["impact"] == row["impact"]:
+        text += f" Pipeline impact about {money(float(row['impact']))}."
+    return text
+
+
+def cause_sentences(row: pd.Series, metrics: pd.DataFrame, moved: pd.DataFrame) -> list[str]:
+    """Evidence the sections found for one move: decomposition, the sub-stage that moved, related spikes."""
+    out: list[str] = []
+    base = row["metric"].removesuffix("_change")
+    d = parse_dims(row["dimensions"])
+    same_month = metrics[metrics["period"] == row["period"]]
+    # Mix vs rate decomposition (only meaningful for the total or an origin cut, by segment).
+    if not d:
+        for by in ("segment", "origin"):
+            rate = same_month[same_month["metric"] == f"{base}_rate_effect"]
+            mix = same_month[same_month["metric"] == f"{base}_mix_effect"]
+            rate = rate[rate["method"].str.endswith(f"_by_{by}")]
+            mix = mix[mix["method"].str.endswith(f"_by_{by}")]
+            if rate.empty:
+                continue
+            top = rate.iloc[rate["value"].abs().argmax()]
+            out.append(
+                f"By {by}: rate changes account for {_pts(rate['value'].sum())} and mix shifts for "
+                f"{_pts(mix['value'].sum())}; the largest rate effect is {scope(top['dimensions'])} "
+                f"({_pts(top['value'])})."
+            )
+    # Which sub-stage carries a multi-stage move (e.g. MQL→SQL = MQL→SAL then SAL→SQL).
+    if base == "mql_to_sql_rate":
+        for sub in ("mql_to_sal_rate_change", "sal_to_sql_rate_change"):
+            hit = moved[(moved["metric"] == sub) & (moved["dimensions"] == row["dimensions"])]
+            if not hit.empty:
+                h = hit.iloc[0]
+                out.append(
+                    f"The change sits in {label(sub)} ({_pts(h['value'])} in {h['period']}), "
+                    "so look at that hand-off first."
+                )
+        if not out or all(not s.startswith("The change sits") for s in out):
+            out.append("Neither hand-off (MQL→SAL, SAL→SQL) moved on its own: the drop is spread across both.")
+    # Related moves in the other sections for the same scope (e.g. an SLA surge in the same region).
+    related = moved[(moved["section"] != row["section"]) & (moved["period"] == row["period"])]
+    for r in related.itertuples(index=False):
+        rd = parse_dims(r.dimensions)
+        if set(rd.items()) & set(d.items()):
+            out.append(f"Also in {r.period}: {scope(r.dimensions)} {label(r.metric)} moved {_pts(r.value)}.")
+    return out
+
+
+def marketing_actions(path: str | Path) -> tuple[str, bool]:
+    """(the analyst's 'What marketing is doing' markdown, True) or (a visible placeholder, False)."""
+    p = Path(path)
+    if p.exists() and p.read_text(encoding="utf-8").strip():
+        return p.read_text(encoding="utf-8"), True
+    return (
+        f"Not provided: write data/raw/actions/{p.stem}.md (what marketing changed and plans) before the run.",
+        False,
+    )
+
+
+def scorecard(metrics: pd.DataFrame, definitions: Definitions, period_months: list[str]) -> pd.DataFrame:
+    """The alignment scorecard: each measure's latest value against its governed threshold."""
+    thresholds = definitions["scorecard"]["thresholds"]
+    sources = {
+        "pipeline_coverage": ("pipeline_coverage", "{}"),
+        "mql_to_sql_rate": ("mql_to_sql_rate", "{}"),
+        "sla_adherence": ("sla_adherence", "{}"),
+        "forecast_accuracy": ("forecast_accuracy", "{}"),
+        "loop_closure_rate": ("loop_closure_rate", "{}"),
+    }
+    rows = []
+    for key, (metric, dimensions) in sources.items():
+        rule = thresholds[key]
+        m = metrics[(metrics["metric"] == metric) & (metrics["dimensions"] == dimensions) & (metrics["flag"] == "")]
+        m = m[m["period"] <= max(period_months)] if period_months else m
+        if m.empty:
+            rows.append(
+                {
+                    "measure": label(metric),
+                    "value": "not measured",
+                    "threshold": _threshold_text(rule),
+                    "status": "n/a",
+                    "period": "",
+                }
+            )
+            continue
+        latest = m.sort_values("period").iloc[-1]
+        value = float(latest["value"])
+        ok = _meets(value, rule)
+        shown = f"{value:.2f}x" if rule.get("unit") == "x" else _pct(value)
+        rows.append(
+            {
+                "measure": label(metric),
+                "value": shown,
+                "threshold": _threshold_text(rule),
+                "status": "on track" if ok else "off track",
+                "period": latest["period"],
+            }
+        )
+    return pd.DataFrame(rows, columns=["measure", "value", "threshold", "status", "period"])
+
+
+def _meets(value: float, rule: dict) -> bool:
+    if "min" in rule:
+        return value >= float(rule["min"])
+    if "band" in rule:
+        return abs(value - 1.0) <= float(rule["band"])
+    return True
+
+
+def _threshold_text(rule: dict) -> str:
+    if "min" in rule:
+        return f"≥ {rule['min']:.2f}x" if rule.get("unit") == "x" else f"≥ {_pct(float(rule['min']))}"
+    if "band" in rule:
+        return f"within ±{_pct(float(rule['band']))}"
+    return ""
+
+
+def plan_sentences(metrics: pd.DataFrame, period: str) -> list[str]:
+    """What the period means for plan, from the pipeline-plan section's metrics (empty when absent)."""
+    out = []
+    plan = metrics[metrics["section"] == "plan"]
+    gap = plan[(plan["metric"] == "pipeline_gap") & (plan["dimensions"] == "{}")]
+    if not gap.empty:
+        g = gap.sort_values("period").iloc[-1]
+        out.append(
+            f"Pipeline created is {money(abs(g['value']))} {'short of' if g['value'] < 0 else 'ahead of'} "
+            f"what the contribution model needs for {g['period']}."
+        )
+    cov = plan[(plan["metric"] == "pipeline_coverage") & (plan["dimensions"] == "{}")]
+    if not cov.empty:
+        c = cov.sort_values("period").iloc[-1]
+        out.append(f"Coverage is {c['value']:.2f}x open pipeline to quota ({c['period']}).")
+    acc = plan[(plan["metric"] == "forecast_accuracy") & (plan["dimensions"] == "{}")]
+    if not acc.empty:
+        a = acc.sort_values("period").iloc[-1]
+        inside = abs(a["value"] - 1) <= 0.10
+        out.append(
+            f"Forecast accuracy {a['value']:.0%} of committed ({a['period']}): "
+            f"{'inside' if inside else 'outside'} the ±10% band."
+        )
+    return out
+
+
+def brief_html(
+    metrics: pd.DataFrame,
+    definitions: Definitions,
+    period_label: str,
+    period_months: list[str],
+    actions_path: str | Path,
+) -> str:
+    """The brief as escaped HTML: four parts in fixed order plus the alignment scorecard."""
+    from analysis.display import table_html  # local: keeps this module importable without IPython
+
+    k = int(definitions.stats["baseline_months"])
+    moved = moves(metrics, definitions)
+    e = html.escape
+    parts = ['<div class="kit-brief">']
+    parts.append("<h2>What moved</h2>")
+    if moved.empty:
+        parts.append(
+            "<p>Nothing moved beyond noise: no tested change passed the false-discovery control "
+            f"(q &lt; {definitions.stats['alpha']}) and the minimum practical effect.</p>"
+        )
+    else:
+        parts.append("<ul>")
+        for _, r in moved.iterrows():
+            cls = "kit-moved-down" if r["value"] < 0 else "kit-moved-up"
+            parts.append(
+                f'<li><span class="{cls}">{"▼" if r["value"] < 0 else "▲"}</span> {e(move_sentence(r, k))}</li>'
+            )
+        parts.append("</ul>")
+    parts.append("<h2>What caused it</h2>")
+    causes = []
+    for _, r in moved.iterrows():
+        for sentence in cause_sentences(r, metrics, moved):
+            causes.append(
+                f"<li><b>{e(scope(r['dimensions']) or 'All')} {e(label(r['metric']))}:</b> {e(sentence)}</li>"
+            )
+    parts.append("<ul>" + "".join(causes) + "</ul>" if causes else "<p>No moves to explain this period.</p>")
+    parts.append("<h2>What it means for plan</h2>")
+    plan = plan_sentences(metrics, period_label)
+    parts.append(
+        "<ul>" + "".join(f"<li>{e(s)}</li>" for s in plan) + "</ul>"
+        if plan
+        else "<p>No pipeline plan in this pack (targets not provided or plan section not in this cadence).</p>"
+    )
+    parts.append("<h2>What marketing is doing</h2>")
+    text, provided = marketing_actions(actions_path)
+    if provided:
+        from nbconvert.filters.markdown import markdown2html
+
+        # Analyst text is rendered as markdown with raw HTML escaped first: formatting yes, markup no.
+        parts.append(f'<div class="kit-actions">{markdown2html(e(text, quote=False))}</div>')
+    else:
+        parts.append(f'<div class="kit-warning">{e(text)}</div>')
+    parts.append("<h2>Alignment scorecard</h2>")
+    parts.append(
+        table_html(scorecard(metrics, definitions, period_months)).replace(
+            'class="dataframe kit-table"', 'class="dataframe kit-table kit-scorecard"'
+        )
+    )
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+def moves_table(moved: pd.DataFrame) -> pd.DataFrame:
+    """The moves as a compact table for the appendix of the brief."""
+    if moved.empty:
+        return pd.DataFrame(columns=["section", "metric", "scope", "period", "change", "q_value", "impact"])
+    return pd.DataFrame(
+        {
+            "section": moved["section"],
+            "metric": [label(m) for m in moved["metric"]],
+            "scope": [scope(d) or "All" for d in moved["dimensions"]],
+            "period": moved["period"],
+            "change": moved["value"],
+            "q_value": moved["q_value"],
+            "impact": np.round(moved["impact"].astype(float), 0),
+        }
+    )
