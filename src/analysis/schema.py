@@ -74,7 +74,9 @@ OPPORTUNITIES = Table(
     (
         _c("opportunity_id", S, required=True, nullable=False, unique=True),
         _c("account_id", S),
-        _c("created_at", TS, required=True, nullable=False),
+        # Nullable: some CRMs only date an opportunity once it is engaged (Maven's Prospecting deals have no
+        # engage_date); every closed deal in the samples has one. Survival/velocity code must skip nulls.
+        _c("created_at", TS, required=True),
         _c("segment", S, required=True, nullable=False),
         _c("region", S),
         _c("source_channel", S),
@@ -89,6 +91,8 @@ OPPORTUNITIES = Table(
         _c("lost_reason_code", S),
         _c("lost_reason_notes", S),
         _c("competitor", S),
+        _c("industry", S),  # the account's sector / industry, as the CRM spells it
+        _c("product", S),
     ),
     key=("opportunity_id",),
 )
