@@ -79,8 +79,8 @@ def _with_won_at(opportunities: ibis.Table) -> ibis.Table:
     """Opportunities with won_at (closed_at of won deals) and the channel column the counts group by."""
     o = opportunities
     return o.mutate(
-        won_at=ibis.cases((o.is_won.fillna(False), o.closed_at), else_=ibis.null("timestamp")),
-        channel=o.source_channel.fillna("unknown"),
+        won_at=ibis.cases((o.is_won.fill_null(False), o.closed_at), else_=ibis.null("timestamp")),
+        channel=o.source_channel.fill_null("unknown"),
     )
 
 
@@ -154,7 +154,7 @@ def value_per_success(
         o.group_by("segment").aggregate(
             opp_amount=o.amount.cast("float64").mean(),
             won_amount=ibis.cases(
-                (o.is_won.fillna(False), o.amount.cast("float64")), else_=ibis.null("float64")
+                (o.is_won.fill_null(False), o.amount.cast("float64")), else_=ibis.null("float64")
             ).mean(),
         ),
         con,
@@ -164,7 +164,7 @@ def value_per_success(
         o.aggregate(
             opp_amount=o.amount.cast("float64").mean(),
             won_amount=ibis.cases(
-                (o.is_won.fillna(False), o.amount.cast("float64")), else_=ibis.null("float64")
+                (o.is_won.fill_null(False), o.amount.cast("float64")), else_=ibis.null("float64")
             ).mean(),
         ),
         con,
