@@ -220,6 +220,10 @@ def scorecard(metrics: pd.DataFrame, definitions: Definitions, period_months: li
     return pd.DataFrame(rows, columns=["measure", "value", "threshold", "status", "period"])
 
 
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _meets(value: float, rule: dict) -> bool:
     if "min" in rule:
         return value >= float(rule["min"])
@@ -311,7 +315,9 @@ def brief_html(
         from nbconvert.filters.markdown import markdown2html
 
         # Analyst text is rendered as markdown with raw HTML escaped first: formatting yes, markup no.
-        parts.append(f'<div class="kit-actions">{markdown2html(e(text, quote=False))}</div>')
+        # The section already has its heading: the analyst's own top heading is dropped, the rest kept.
+        body = "\n".join(line for line in text.splitlines() if not line.startswith("# "))
+        parts.append(f'<div class="kit-actions">{markdown2html(e(body, quote=False))}</div>')
     else:
         parts.append(f'<div class="kit-warning">{e(text)}</div>')
     parts.append("<h2>Alignment scorecard</h2>")
