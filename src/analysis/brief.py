@@ -196,7 +196,7 @@ def scorecard(metrics: pd.DataFrame, definitions: Definitions, period_months: li
         if m.empty:
             rows.append(
                 {
-                    "measure": label(metric),
+                    "measure": _capital(label(metric)),
                     "value": "not measured",
                     "threshold": _threshold_text(rule),
                     "status": "n/a",
@@ -210,7 +210,7 @@ def scorecard(metrics: pd.DataFrame, definitions: Definitions, period_months: li
         shown = f"{value:.2f}x" if rule.get("unit") == "x" else _pct(value)
         rows.append(
             {
-                "measure": label(metric),
+                "measure": _capital(label(metric)),
                 "value": shown,
                 "threshold": _threshold_text(rule),
                 "status": "on track" if ok else "off track",
