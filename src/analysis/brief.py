@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from analysis.config import Definitions
@@ -331,17 +330,24 @@ def brief_html(
 
 
 def moves_table(moved: pd.DataFrame) -> pd.DataFrame:
-    """The moves as a compact table for the appendix of the brief."""
+    """The moves as a compact table (formatted for people) below the brief."""
+    cols = ["section", "metric", "scope", "period", "change", "95% CI", "q-value", "impact"]
     if moved.empty:
-        return pd.DataFrame(columns=["section", "metric", "scope", "period", "change", "q_value", "impact"])
+        return pd.DataFrame(columns=cols)
+    shares = moved["unit"].isin(SHARE_UNITS)
     return pd.DataFrame(
         {
             "section": moved["section"],
             "metric": [label(m) for m in moved["metric"]],
             "scope": [scope(d) or "All" for d in moved["dimensions"]],
             "period": moved["period"],
-            "change": moved["value"],
-            "q_value": moved["q_value"],
-            "impact": np.round(moved["impact"].astype(float), 0),
-        }
+            "change": [_pts(v) if s else f"{v:+,.2f}" for v, s in zip(moved["value"], shares, strict=True)],
+            "95% CI": [
+                f"{_pts(lo)} to {_pts(hi)}" if s else f"{lo:+,.2f} to {hi:+,.2f}"
+                for lo, hi, s in zip(moved["ci_low"], moved["ci_high"], shares, strict=True)
+            ],
+            "q-value": [_q(q) for q in moved["q_value"]],
+            "impact": [money(float(v)) for v in moved["impact"]],
+        },
+        columns=cols,
     )

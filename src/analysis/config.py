@@ -19,7 +19,7 @@ MAPPINGS_DIR = CONFIG_DIR / "mappings"
 DATA_DIR = PROJ_ROOT / "data"
 RAW_DATA_DIR = DATA_DIR / "raw"
 PROCESSED_DATA_DIR = DATA_DIR / "processed"
-REPORTS_DIR = PROJ_ROOT / "reports"
+REPORTS_DIR = Path(os.environ.get("FUNNEL_KIT_REPORTS", PROJ_ROOT / "reports"))
 NOTEBOOKS_DIR = PROJ_ROOT / "notebooks"
 
 DEMO_SEED = 20251101

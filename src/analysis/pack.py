@@ -14,6 +14,7 @@ import html
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -99,10 +100,30 @@ def _parameters(spec: RunSpec, workdir: Path) -> dict[str, str]:
     }
 
 
+@contextmanager
+def _kernel_log(path: Path) -> Iterator[None]:
+    """Send this process's (and its kernels') stderr to a log file: kernel start-up chatter stays off the console."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _execute(args: tuple[str, str, dict[str, str], str]) -> str:
+    source, target, parameters, cwd = args
+    with _kernel_log(Path(cwd) / ".kernels.log"):
+        return _execute_quietly(source, target, parameters, cwd)
+
+
+def _execute_quietly(source: str, target: str, parameters: dict[str, str], cwd: str) -> str:
     import papermill  # imported in the worker: keeps the parent light
 
-    source, target, parameters, cwd = args
     nb = nbformat.read(source, as_version=4)
     declared = _declared_parameters(nb)
     params = {k: v for k, v in parameters.items() if k in declared}
@@ -143,6 +164,8 @@ def normalise_notebook(path: Path) -> None:
         pm.pop(key, None)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell["id"] = "injected-parameters"  # papermill gives the injected cell a random id on every run
         cpm = cell.metadata.get("papermill")
         if cpm is not None:
             for key in ("start_time", "end_time", "duration"):
@@ -285,6 +308,7 @@ def run_cadence(
                 )
             )
             shutil.rmtree(staging / "metrics")  # assembled into metrics.parquet
+            (staging / ".kernels.log").unlink(missing_ok=True)
             for n in names:
                 normalise_notebook(staging / "notebooks" / f"{n}.ipynb")
 
@@ -298,6 +322,9 @@ def run_cadence(
                 provenance=_provenance(spec, ingest, definitions.sha256),
             )
             (staging / "board_pack.html").write_text(page, encoding="utf-8")
+            from analysis.mailer import write_eml  # local: the mailer reads pack's cadence titles
+
+            write_eml(staging, cadence=cadence, period=p.label)  # board_pack.eml (the e-mail, dry run)
             write_json(staging / "manifest.json", build_manifest(spec, staging, ingest, definitions.sha256))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -307,9 +334,14 @@ def run_cadence(
 
 
 def build_manifest(spec: RunSpec, report_dir: Path, ingest: dict, definitions_sha: str) -> dict:
-    """The run manifest: code, environment, parameters, definitions, inputs and outputs, each with its hash."""
+    """The run manifest: code, environment, parameters, definitions, inputs and outputs, each with its hash.
+
+    Paths are relative to the report folder (as the notebooks received them), so `analysis.audit` can rebuild
+    the same layout elsewhere; `inputs` is described in `analysis.audit.recorded_inputs`.
+    """
+    from analysis.audit import recorded_inputs  # local: the audit module imports this one
+
     lock_hash, _ = package_set_hash()
-    processed = {p.name: sha256_file(p) for p in sorted(spec.data_dir.glob("*.parquet"))}
     return {
         "kit": {"version": __version__, "commit": git_commit(PROJ_ROOT), "package_set_sha256": lock_hash},
         "parameters": {
@@ -318,17 +350,13 @@ def build_manifest(spec: RunSpec, report_dir: Path, ingest: dict, definitions_sh
             "as_of": spec.as_of.isoformat(),
             "engine": spec.engine,
             "notebooks": list(CADENCES[spec.cadence]),
+            "paths": {
+                "data_dir": _rel(spec.data_dir, report_dir),
+                "definitions": _rel(spec.definitions_path, report_dir),
+                "actions": _rel(spec.actions_path, report_dir),
+            },
         },
-        "definitions": {"path": _rel(spec.definitions_path, PROJ_ROOT), "sha256": definitions_sha},
-        "inputs": {
-            "mapping": ingest.get("mapping", {}),
-            "raw_files": ingest.get("files", []),
-            "processed_files": processed,
-            "actions": (
-                {"path": spec.actions_path.name, "sha256": sha256_file(spec.actions_path)}
-                if spec.actions_path.exists()
-                else None
-            ),
-        },
+        "definitions": {"path": _rel(spec.definitions_path, report_dir), "sha256": definitions_sha},
+        "inputs": recorded_inputs(spec, report_dir, ingest),
         "outputs": outputs_of(report_dir),
     }
