@@ -109,8 +109,10 @@ def test_pack_is_self_contained_and_has_no_code(demo_pack):
 def test_pack_has_toc_brief_first_and_provenance(demo_pack, demo_data):
     html = (demo_pack / "board_pack.html").read_text()
     assert '<nav class="kit-toc"' in html
-    assert html.index('id="01-executive-brief"') < html.index('id="02-data-quality"') < html.index(
-        'id="03-funnel-conversion"'
+    assert (
+        html.index('id="01-executive-brief"')
+        < html.index('id="02-data-quality"')
+        < html.index('id="03-funnel-conversion"')
     )
     footer = html[html.index('id="provenance"') :]
     defs = load_definitions()
