@@ -23,18 +23,23 @@ def _truth(demo_data) -> dict:
 
 
 def _explained(row: pd.Series, effects: list[dict]) -> bool:
-    """A move is explained when a planted effect names its metric, its scope and a month at/after its start."""
+    """A move is explained when a planted effect names its metric and scope, in a month the effect covers.
+
+    Composition effects (a reason's, theme's or competitor's share rising) also explain the compensating fall of
+    the other shares, which truth.json lists under `compensating`.
+    """
     metric = row["metric"].removesuffix("_change")
     d = parse_dims(row["dimensions"])
     for e in effects:
-        if metric not in e.get("metrics", []) or row["period"] < e.get("start_month", ""):
+        if metric not in e.get("metrics", []):
+            continue
+        if row["period"] < e.get("start_month", "") or row["period"] > e.get("end_month", "9999"):
             continue
         ok = True
-        for key, plural in (("segment", "segments"), ("region", "regions"), ("origin", "origins")):
-            if key in d and plural in e and d[key] not in e[plural]:
-                ok = False
-        for key, plural in (("reason", "reasons"), ("theme", "themes"), ("competitor", "competitors")):
-            if key in d and plural in e and d[key] not in e[plural]:
+        for key in ("segment", "region", "origin", "reason", "theme", "competitor", "channel"):
+            plural = f"{key}s"
+            allowed = list(e.get(plural, [])) + list(e.get("compensating", {}).get(plural, []))
+            if key in d and plural in e and d[key] not in allowed:
                 ok = False
         if ok:
             return True
