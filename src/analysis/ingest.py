@@ -1,0 +1,811 @@
+"""Ingest: map a CRM export onto the canonical model, validate it, quarantine bad rows, write Parquet.
+
+    result = ingest(Path("data/raw"), Path("config/mappings/canonical.yml"), Path("data/processed"))
+
+The sequence: load the mapping -> read every source file as strings (recording the physical line on which
+each record starts) -> apply the mapping (renames, value maps, lookups, bands, defaults, typed parsing,
+pseudonymization, governed derivations) -> validate (pandera schema + cross-row rules) -> write
+`<table>.parquet` (kept rows, sorted by key), `quarantine/<table>.parquet` (one row per problem) and
+`ingest_manifest.json`. File-level problems raise InputFileError before anything is written; row-level
+problems never stop the run. Per table and per file, rows_in == rows_kept + rows_quarantined.
+Outputs are deterministic (same inputs, same bytes) and each file is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import csv as _csv
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from analysis.config import Definitions, load_definitions
+from analysis.errors import InputFileError
+from analysis.mappings import ColumnSpec, CsvOptions, Mapping, TableMapping, load_mapping, resolve_sources
+from analysis.schema import MONEY, TABLES, TS
+from analysis.validation import (
+    Problem,
+    apply_bands,
+    check_consistency,
+    check_date_order,
+    check_orphans,
+    check_schema,
+    check_stage_history_order,
+    parse_bool,
+    parse_money,
+    parse_timestamps,
+)
+
+__all__ = ["IngestResult", "TableReport", "FileReport", "ingest", "load_mapping", "QUARANTINE_SCHEMA"]
+
+MANIFEST_NAME = "ingest_manifest.json"
+QUARANTINE_DIR = "quarantine"
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("line", pa.int64(), nullable=False),
+        pa.field("column", pa.string(), nullable=False),
+        pa.field("rule", pa.string(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+        pa.field("raw_record", pa.string(), nullable=False),
+    ]
+)
+MAIN_TIMESTAMP = {
+    "leads": "created_at",
+    "opportunities": "created_at",
+    "stage_history": "entered_at",
+    "touchpoints": "occurred_at",
+    "forecasts": "committed_at",
+    "targets": "period",
+}
+TABLE_ORDER = ("opportunities", "leads", "stage_history", "touchpoints", "targets", "forecasts")
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "use_dictionary": True, "write_statistics": True}
+
+
+@dataclass
+class FileReport:
+    path: str  # relative to the raw folder
+    rows_in: int = 0
+    rows_kept: int = 0
+    rows_quarantined: int = 0
+
+
+@dataclass
+class TableReport:
+    name: str
+    rows_in: int
+    rows_kept: int
+    rows_quarantined: int
+    quarantined_by_rule: dict[str, int]  # rows failing each rule (a row failing two rules counts in both)
+    source_files: tuple[str, ...]
+    files: dict[str, FileReport] = field(default_factory=dict)
+    rows_filtered: int = 0  # records left out by the mapping's `where`
+    ignored_columns: tuple[str, ...] = ()
+    missing_columns: tuple[str, ...] = ()  # optional mapped columns absent from the export (all null)
+    timestamp_column: str | None = None
+    min_timestamp: str | None = None
+    max_timestamp: str | None = None
+
+
+@dataclass
+class IngestResult:
+    tables: dict[str, TableReport]  # canonical tables present in the export
+    manifest_path: Path
+    as_of: str  # ISO UTC instant: the mapping's `as_of`, else the max event timestamp
+    missing_tables: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Raw:
+    """One source file as read: every value a string exactly as in the file (not trimmed)."""
+
+    path: Path
+    rel: str  # relative to the raw folder (posix)
+    shown: str  # the path as the user gave it, for messages
+    header: list[str]
+    columns: dict[str, pa.Array]  # blank records dropped
+    lines: np.ndarray  # physical line where each record starts (header = line 1; Parquet: row number)
+    sha256: str = ""
+    size: int = 0
+    blank_rows: int = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.lines)
+
+
+def _fail(shown: str, message: str, *, rule: str, column: str | None = None, row: int | None = None) -> None:
+    raise InputFileError(message, file=shown, row=row, column=column, rule=rule)
+
+
+def _record_starts(data: bytes, quote: str, multi_column: bool) -> np.ndarray:
+    """Byte offset and physical line of each CSV record, as Arrow's reader sees records.
+
+    A newline ends a record when an even number of quote characters precede it (RFC 4180 doubled quotes keep
+    the parity). Empty lines are skipped, like the reader does, and so are whitespace-only lines when the
+    header has several columns. Returns the start line of each record."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    nl = np.flatnonzero(arr == 10)
+    if quote:
+        qpos = np.flatnonzero(arr == ord(quote))
+        ends = nl[np.searchsorted(qpos, nl) % 2 == 0]
+    else:
+        ends = nl
+    starts = np.concatenate([[0], ends + 1]).astype(np.int64)
+    starts = starts[starts < len(arr)]
+    first = arr[starts]
+    cand = np.flatnonzero((first == 10) | (first == 13) | (first == 32) | (first == 9))
+    if len(cand):
+        stops = np.append(starts[1:], len(arr))
+        drop = [i for i in cand if not data[starts[i]:stops[i]].strip() and (
+            multi_column or not data[starts[i]:stops[i]].strip(b"\r\n"))]
+        starts = np.delete(starts, drop)
+    return np.searchsorted(nl, starts) + 1
+
+
+def _slow_read(text: str, opts: CsvOptions, shown: str, ncols: int) -> tuple[list[list[str]], np.ndarray]:
+    """Python csv module parse with exact line tracking: the fallback, and the locator of malformed records."""
+    reader = _csv.reader(io.StringIO(text, newline=""), delimiter=opts.delimiter, quotechar=opts.quote or None,
+                         quoting=_csv.QUOTE_MINIMAL if opts.quote else _csv.QUOTE_NONE)
+    rows, lines, prev = [], [], 0
+    for rec in reader:
+        start, prev = prev + 1, reader.line_num
+        if not rec or (ncols > 1 and len(rec) == 1 and not rec[0].strip()):
+            continue
+        if len(rec) != ncols:
+            _fail(shown, f"record has {len(rec)} fields, the header has {ncols}", rule="csv_format", row=start)
+        rows.append(rec)
+        lines.append(start)
+    return rows, np.asarray(lines, dtype=np.int64)
+
+
+def _decode(raw: bytes, shown: str, opts: CsvOptions) -> str:
+    enc = opts.encoding.lower().replace("_", "-")
+    codec = "utf-8-sig" if enc in ("utf-8", "utf8") else opts.encoding
+    try:
+        text = raw.decode(codec)
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        header = raw.split(b"\n", 1)[0].decode(codec, errors="replace").strip().split(opts.delimiter)
+        idx = raw[line_start : exc.start].count(opts.delimiter.encode())
+        column = header[idx].strip().strip(opts.quote) if line > 1 and idx < len(header) else None
+        hint = "" if opts.encoding_declared else "; declare the file's encoding in the mapping (csv: {encoding: ...})"
+        _fail(shown, f"not valid {opts.encoding} text (byte 0x{raw[exc.start]:02x}){hint}", rule="encoding",
+              column=column, row=line)
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _read_csv(path: Path, rel: str, shown: str, raw: bytes, opts: CsvOptions) -> _Raw:
+    text = _decode(raw, shown, opts)
+    if not text.strip():
+        _fail(shown, "empty file: no header row", rule="empty_file")
+    first = next(_csv.reader(io.StringIO(text, newline=""), delimiter=opts.delimiter, quotechar=opts.quote or None))
+    header = [h.strip() for h in first]
+    if len(header) == 1:
+        for other in (";", "\t", "|", ","):
+            if other != opts.delimiter and other in header[0]:
+                name = {"\t": "tab"}.get(other, f"'{other}'")
+                _fail(shown, f"the header is one column containing {name}: the file is not delimited by "
+                      f"'{opts.delimiter}' as the mapping expects (set csv.delimiter)", rule="delimiter",
+                      column=header[0][:60])
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        _fail(shown, f"column name repeated in the header: {', '.join(dupes)}", rule="duplicate_column", column=dupes[0])
+    # Fast path: Arrow's multi-threaded reader on UTF-8 bytes + a vectorised scan for record start lines.
+    enc = opts.encoding.lower().replace("_", "-")
+    data = (raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw) if enc in ("utf-8", "utf8") else text.encode()
+    ncols = len(header)
+    names = [f"c{i}" for i in range(ncols)]
+    table = None
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=True),
+            parse_options=pacsv.ParseOptions(
+                delimiter=opts.delimiter, quote_char=opts.quote or False, double_quote=True, newlines_in_values=True,
+                ignore_empty_lines=True, invalid_row_handler=_skip_blank_rows),
+            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False,
+                                                 null_values=[]),
+        )
+        lines = _record_starts(data, opts.quote, ncols > 1)
+        if len(lines) != table.num_rows:
+            table = None
+    except pa.ArrowInvalid:
+        table = None
+    if table is None:  # malformed record (located and reported here) or a quoting the scan cannot follow
+        rows, lines = _slow_read(text, opts, shown, ncols)
+        cols = [pa.array([r[i] for r in rows], pa.string()) for i in range(ncols)]
+    else:
+        cols = [table.column(i).combine_chunks() for i in range(ncols)]
+    cols = [c.slice(1) for c in cols]  # drop the header record
+    lines = lines[1:]
+    blank = np.ones(len(lines), dtype=bool)
+    for c in cols:
+        blank &= pc.equal(pc.utf8_trim_whitespace(c), "").to_numpy(zero_copy_only=False)
+    keep = pa.array(~blank)
+    columns = {h: c.filter(keep) for h, c in zip(header, cols, strict=True)}
+    return _Raw(path, rel, shown, header, columns, lines[~blank], blank_rows=int(blank.sum()))
+
+
+def _skip_blank_rows(row: pacsv.InvalidRow) -> str:
+    return "skip" if not (row.text or "").strip() else "error"
+
+
+def _read_parquet(path: Path, rel: str, shown: str) -> _Raw:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        _fail(shown, f"unreadable Parquet file: {exc}", rule="unreadable")
+    cols = {}
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        col = col.combine_chunks()
+        if pa.types.is_timestamp(col.type):  # kept typed: parsed without a detour through text
+            cols[name.strip()] = col.cast(pa.timestamp("us", tz="UTC" if col.type.tz else None))
+            continue
+        if pa.types.is_boolean(col.type):
+            col = pc.if_else(col, "true", "false")
+        elif not pa.types.is_string(col.type):
+            col = col.cast(pa.string())
+        cols[name.strip()] = pc.fill_null(col.cast(pa.string()), "")
+    return _Raw(path, rel, shown, list(cols), cols, np.arange(1, table.num_rows + 1, dtype=np.int64))
+
+
+class _Reader:
+    """Reads each file once (a file may feed several tables and lookups), with its hash."""
+
+    def __init__(self, raw_dir: Path) -> None:
+        self.raw_dir = raw_dir
+        self.cache: dict[tuple[Path, CsvOptions], _Raw] = {}
+        self.used: dict[str, set[str]] = {}
+
+    def read(self, path: Path, opts: CsvOptions, used_by: str) -> _Raw:
+        rel = path.relative_to(self.raw_dir).as_posix()
+        self.used.setdefault(rel, set()).add(used_by)
+        is_parquet = path.suffix.lower() == ".parquet"
+        key = (path, CsvOptions() if is_parquet else opts)
+        if key not in self.cache:
+            shown = str(self.raw_dir / rel)
+            try:
+                raw = path.read_bytes()
+            except OSError as exc:
+                _fail(shown, f"unreadable file: {exc.strerror}", rule="unreadable")
+            if not raw:
+                _fail(shown, "empty file (0 bytes)", rule="empty_file")
+            rf = _read_parquet(path, rel, shown) if is_parquet else _read_csv(path, rel, shown, raw, opts)
+            rf.sha256, rf.size = hashlib.sha256(raw).hexdigest(), len(raw)
+            self.cache[key] = rf
+        return self.cache[key]
+
+
+# ------------------------------------------------------------------------------------- mapping a table
+
+
+@dataclass
+class _Src:
+    """The records a table is built from: needed source columns (Arrow strings) and where each came from."""
+
+    cols: dict[str, pa.Array]
+    file: np.ndarray  # index into the table's files
+    rec: np.ndarray  # record position in that file
+    line: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.line)
+
+    def take(self, idx: np.ndarray) -> _Src:
+        ix = pa.array(idx, pa.int64())
+        return _Src({k: v.take(ix) for k, v in self.cols.items()}, self.file[idx], self.rec[idx], self.line[idx])
+
+
+@dataclass
+class _Mapped:
+    name: str
+    canon: pd.DataFrame  # typed canonical columns (money as Int64 cents)
+    files: list[_Raw]
+    src: _Src
+    problems: list[Problem]
+    type_bad: dict[str, np.ndarray]
+    date_only: dict[str, np.ndarray]
+    rows_filtered: int
+    ignored: tuple[str, ...]
+    missing: tuple[str, ...]
+    pseudonyms: dict[str, dict[str, str]]  # source column -> {trimmed raw value: pseudonym}
+
+
+def _trim(arr: pa.Array) -> pa.Array:
+    if not pa.types.is_string(arr.type):  # typed Parquet column used as text
+        arr = pc.fill_null(arr.cast(pa.string()), "")
+    return pc.utf8_trim_whitespace(arr)
+
+
+def _np(arr: pa.Array) -> np.ndarray:
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _concat(arrays: list[pa.Array]) -> pa.Array:
+    """Concatenate source columns; text wins when files disagree on a column's type (CSV vs typed Parquet)."""
+    if not arrays:
+        return pa.array([], pa.string())
+    if len({a.type for a in arrays}) > 1:
+        arrays = [a if pa.types.is_string(a.type) else pc.fill_null(a.cast(pa.string()), "") for a in arrays]
+    return pa.concat_arrays(arrays)
+
+
+def _const(value: str, n: int) -> pa.Array:
+    return pa.array(np.full(n, value, dtype=object), pa.string())
+
+
+def _source(tm: TableMapping, reader: _Reader, raw_dir: Path) -> tuple[list[_Raw], _Src, int, set, set]:
+    """Concatenate the table's source files (needed columns only), apply `where` and `unpivot`."""
+    files = [reader.read(p, tm.csv, tm.table) for p in resolve_sources(raw_dir, tm.sources)]
+    needed = sorted(set(tm.source_columns()) | {lk.on for lk in tm.lookups.values()})
+    schema = TABLES[tm.table]
+    parts, filtered, ignored, missing = [], 0, set(), set()
+    for i, rf in enumerate(files):
+        have = set(rf.header)
+        for cname, spec in tm.columns.items():
+            if spec.source is not None and spec.source not in have:
+                if schema.column(cname).required:
+                    _fail(rf.shown, f"missing required column (mapped from '{spec.source}')",
+                          rule="required_column", column=cname)
+                missing.add(cname)
+        for src in [*tm.where, *(lk.on for lk in tm.lookups.values())]:
+            if src not in have:
+                _fail(rf.shown, "missing column the mapping filters or joins on", rule="required_column", column=src)
+        if tm.unpivot is not None and not set(tm.unpivot.columns) & have:
+            _fail(rf.shown, "none of the unpivot columns is present", rule="required_column",
+                  column=tm.unpivot.value_to)
+        ignored |= have - set(needed)
+        part = _Src({c: rf.columns[c] if c in have else _const("", rf.n) for c in needed},
+                    np.full(rf.n, i, dtype=np.int64), np.arange(rf.n, dtype=np.int64), rf.lines)
+        for col, keep in tm.where.items():
+            mask = _np(pc.is_in(_trim(part.cols[col]), value_set=pa.array(list(keep), pa.string())))
+            filtered += int((~mask).sum())
+            part = part.take(np.flatnonzero(mask))
+        parts.append(part)
+    src = _Src({c: _concat([p.cols[c] for p in parts]) for c in needed},
+               *(np.concatenate([getattr(p, a) for p in parts]) if parts else np.zeros(0, np.int64)
+                 for a in ("file", "rec", "line")))
+    if tm.unpivot is not None:
+        up = tm.unpivot
+        cells, names, order = [], [], []
+        for j, col in enumerate(sorted(up.columns)):
+            if col not in src.cols:
+                continue
+            pos = np.flatnonzero(_np(pc.not_equal(_trim(src.cols[col]), "")))
+            cells.append((pos, src.cols[col].take(pa.array(pos, pa.int64()))))
+            names.append(np.full(len(pos), up.columns[col], dtype=object))
+            order.append(np.full(len(pos), j))
+        pos = np.concatenate([p for p, _ in cells])
+        rank = np.lexsort((np.concatenate(order), pos))  # record order, then unpivot column order
+        long = src.take(pos[rank])
+        long.cols["_unpivot_value"] = _concat([c for _, c in cells]).take(pa.array(rank, pa.int64()))
+        long.cols["_unpivot_name"] = pa.array(np.concatenate(names)[rank], pa.string())
+        src = long
+    return files, src, filtered, ignored, missing
+
+
+def _lookup(tm: TableMapping, name: str, reader: _Reader, raw_dir: Path, cache: dict) -> tuple[dict, _Raw]:
+    """The lookup file(s) of `name`, keyed (trimmed key -> row), checked for a unique key."""
+    if name in cache:
+        return cache[name]
+    lk = tm.lookups[name]
+    paths = resolve_sources(raw_dir, lk.source)
+    if not paths:
+        _fail(str(raw_dir / lk.source[0]), f"lookup '{name}' file not found", rule="missing_file")
+    files = [reader.read(p, lk.csv, f"lookup:{tm.table}.{name}") for p in paths]
+    for rf in files:
+        if lk.key not in rf.header:
+            _fail(rf.shown, f"lookup key column '{lk.key}' is missing", rule="required_column", column=lk.key)
+    keys = _concat([_trim(rf.columns[lk.key]) for rf in files])
+    lines = np.concatenate([rf.lines for rf in files])
+    keyed = pd.Series(_np(keys))
+    dup = keyed.duplicated(keep=False) & keyed.ne("")
+    if dup.any():
+        first = keyed[dup].iloc[0]
+        at = lines[(keyed == first).to_numpy()].tolist()
+        _fail(files[0].shown, f"lookup key '{lk.key}' is not unique: '{first}' on lines {at}", rule="unique",
+              column=lk.key, row=int(at[1]))
+    cache[name] = ({"keys": keys, "files": files}, files[0])
+    return cache[name]
+
+
+def _lookup_values(tm: TableMapping, name: str, col: str, keys: pa.Array, reader: _Reader, raw_dir: Path,
+                   cache: dict) -> tuple[pa.Array, np.ndarray]:
+    table, first = _lookup(tm, name, reader, raw_dir, cache)
+    if any(col not in rf.header for rf in table["files"]):
+        _fail(first.shown, f"column '{col}' used by lookup '{name}' is missing", rule="required_column", column=col)
+    values = _concat([_trim(rf.columns[col]) for rf in table["files"]])
+    idx = pc.index_in(keys, value_set=table["keys"])
+    out = pc.fill_null(values.take(idx), "")
+    unmatched = _np(idx.is_null()) & _np(pc.not_equal(keys, ""))
+    return out, unmatched
+
+
+def _map_table(tm: TableMapping, mapping: Mapping, defs: dict, reader: _Reader, raw_dir: Path) -> _Mapped:
+    files, src, filtered, ignored, missing = _source(tm, reader, raw_dir)
+    schema = TABLES[tm.table]
+    n = len(src)
+    problems: list[Problem] = []
+    type_bad: dict[str, np.ndarray] = {}
+    date_only: dict[str, np.ndarray] = {}
+    canon: dict[str, pd.Series] = {}
+    lookup_cache: dict = {}
+    given_flags: dict[str, pd.Series] = {}
+    pseudonyms: dict[str, dict[str, str]] = {}
+
+    def strings(spec: ColumnSpec) -> pa.Array:
+        if spec.source is not None:
+            return _trim(src.cols[spec.source])
+        if spec.lookup is not None:
+            lk = tm.lookups[spec.lookup[0]]
+            vals, unmatched = _lookup_values(tm, spec.lookup[0], spec.lookup[1], _trim(src.cols[lk.on]), reader,
+                                             raw_dir, lookup_cache)
+            if lk.unmatched == "quarantine" and unmatched.any():
+                problems.append(Problem(np.flatnonzero(unmatched), spec.name, "orphan",
+                                        f"'{lk.on}' value not found in lookup '{lk.name}'"))
+            return _trim(vals)
+        if spec.unpivot_value:
+            return _trim(src.cols["_unpivot_value"])
+        if spec.derive == "unpivot":
+            return src.cols["_unpivot_name"]
+        return _const("" if spec.const is None else spec.const, n)
+
+    for cname in sorted(c for c in tm.columns if tm.columns[c].derive != "stage"):
+        spec = tm.columns[cname]
+        typ = schema.column(cname).type
+        if typ == TS and spec.source is not None and pa.types.is_timestamp(src.cols[spec.source].type):
+            canon[cname], type_bad[cname], date_only[cname] = _typed_timestamps(src.cols[spec.source], spec.timezone)
+            continue
+        s = strings(spec)
+        if spec.value_map is not None:
+            keys = pa.array(list(spec.value_map), pa.string())
+            vals = pa.array([v or "" for v in spec.value_map.values()], pa.string())
+            idx = pc.index_in(s, value_set=keys)
+            other = _const(spec.otherwise or "", n) if spec.has_otherwise else s
+            other = pc.if_else(pc.equal(s, ""), "", other)
+            s = pc.if_else(idx.is_valid(), vals.take(pc.fill_null(idx, 0)), other)
+        if spec.bands is not None:
+            s, nan_bad, outside = apply_bands(s, spec.bands, tm.csv.thousands)
+            if nan_bad.any():
+                problems.append(Problem(np.flatnonzero(nan_bad), cname, "type:number",
+                                        f"not a number (banded from {spec.described})"))
+            if outside.any():
+                problems.append(Problem(np.flatnonzero(outside), cname, "allowed_values",
+                                        f"value outside every band (banded from {spec.described})"))
+            type_bad[cname] = nan_bad | outside
+        if spec.default is not None:
+            s = pc.if_else(pc.equal(s, ""), spec.default, s)
+        if typ == TS:
+            ts, bad, d_only = parse_timestamps(s, spec.formats, spec.timezone)
+            if bad.any():
+                vals = _np(s.filter(pa.array(bad))).astype(str)
+                msg = np.char.add(np.char.add("'", vals), f"' is not a valid timestamp ({' or '.join(spec.formats)}; "
+                                  f"mapped from {spec.described})")
+                problems.append(Problem(np.flatnonzero(bad), cname, "type:timestamp", msg))
+            canon[cname], type_bad[cname], date_only[cname] = ts, bad, d_only
+        elif typ == MONEY:
+            cents, bad, reason = parse_money(s, tm.csv.decimal, tm.csv.thousands)
+            if bad.any():
+                vals = _np(s.filter(pa.array(bad))).astype(str)
+                msg = np.char.add(np.char.add(np.char.add("'", vals), "': "), reason[bad].astype(str))
+                problems.append(Problem(np.flatnonzero(bad), cname, "type:decimal",
+                                        np.char.add(msg, f" (mapped from {spec.described})")))
+            canon[cname], type_bad[cname] = cents, bad
+        elif typ == pa.bool_():
+            flags, bad = parse_bool(s, spec.true_values, spec.false_values)
+            if bad.any():
+                problems.append(Problem(np.flatnonzero(bad), cname, "type:boolean",
+                                        f"not a boolean (mapped from {spec.described})"))
+            canon[cname], type_bad[cname] = flags, bad
+            if spec.source is not None or spec.lookup is not None:
+                given_flags[cname] = flags
+        else:
+            if cname in tm.pseudonymize:
+                uniq = [v for v in pc.unique(s).to_pylist() if v]
+                table = {v: mapping.pseudonym(tm.pseudonymize[cname], v) for v in sorted(uniq)}
+                if len(set(table.values())) != len(table):
+                    _fail(files[0].shown, "two values share a pseudonym; raise pseudonym_digits in the mapping",
+                          rule="pseudonymize", column=cname)
+                keys = pa.array(list(table), pa.string())
+                idx = pc.index_in(s, value_set=keys)
+                s = pc.fill_null(pa.array(list(table.values()), pa.string()).take(idx), "")
+                if spec.source is not None:
+                    pseudonyms[spec.source] = table
+            canon[cname] = _pd_strings(pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s))
+
+    st = defs["stages"]["opportunity"]
+    for cname in sorted(c for c in tm.columns if tm.columns[c].derive == "stage"):
+        stage = canon["stage"]
+        vals = stage.isin([st["won"], st["lost"]]) if cname == "is_closed" else stage.eq(st["won"])
+        canon[cname] = vals.astype("boolean").where(stage.notna(), pd.NA)
+    if "origin" in {c.name for c in schema.columns} and "source_channel" in canon:
+        by_channel = defs["channels"]["origin_by_channel"]
+        chan = pa.array(canon["source_channel"].array)
+        idx = pc.index_in(chan, value_set=pa.array(list(by_channel), pa.string()))
+        origin = pc.if_else(idx.is_valid(), pa.array(list(by_channel.values()), pa.string()).take(idx), "unknown")
+        canon["origin"] = _pd_strings(pc.if_else(chan.is_valid(), origin, pa.scalar(None, pa.string())))
+    for c in schema.columns:
+        if c.name not in canon:
+            canon[c.name] = _null_series(c.type, n)
+    df = pd.DataFrame({c.name: canon[c.name].reset_index(drop=True) for c in schema.columns})
+    if given_flags:
+        problems += check_consistency(df, given_flags, defs)
+    return _Mapped(tm.table, df, files, src, problems, type_bad, date_only, filtered, tuple(sorted(ignored)),
+                   tuple(sorted(missing)), pseudonyms)
+
+
+def _typed_timestamps(arr: pa.Array, tz: str) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    if arr.type.tz is None:
+        arr = pc.assume_timezone(arr, timezone=tz, ambiguous="latest", nonexistent="latest")
+    ts = pd.Series(arr.cast(pa.timestamp("us", tz="UTC")).to_pandas(), dtype="datetime64[us, UTC]")
+    return ts.reset_index(drop=True), np.zeros(len(arr), dtype=bool), np.zeros(len(arr), dtype=bool)
+
+
+def _pd_strings(arr: pa.Array) -> pd.Series:
+    """Arrow strings as a pandas Series without copying (ArrowDtype: vectorised isin / isna / compare)."""
+    return pd.Series(pd.arrays.ArrowExtensionArray(arr))
+
+
+def _null_series(typ: pa.DataType, n: int) -> pd.Series:
+    if typ == TS:
+        return pd.Series(pd.NaT, index=pd.RangeIndex(n), dtype="datetime64[us, UTC]")
+    if typ == MONEY:
+        return pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="Int64")
+    if typ == pa.bool_():
+        return pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="boolean")
+    return _pd_strings(pa.nulls(n, pa.string()))
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+def _arrow(df: pd.DataFrame, table: str) -> pa.Table:
+    schema = TABLES[table].arrow_schema
+    arrays = []
+    for f in schema:
+        s = df[f.name]
+        if f.type == MONEY:
+            mask = s.isna().to_numpy()
+            cents = s.to_numpy(dtype=np.int64, na_value=0)
+            words = np.empty((len(s), 2), dtype="<i8")
+            words[:, 0], words[:, 1] = cents, np.where(cents < 0, -1, 0)
+            validity = pa.array(~mask).buffers()[1] if mask.any() else None
+            arrays.append(pa.Array.from_buffers(MONEY, len(s), [validity, pa.py_buffer(words.tobytes())],
+                                                null_count=int(mask.sum())))
+        elif f.type == TS:
+            arrays.append(pa.array(s, type=TS, from_pandas=True))
+        elif f.type == pa.bool_():
+            arrays.append(pa.array(s.astype(object).where(s.notna(), None).to_numpy(), type=pa.bool_()))
+        else:
+            arrays.append(pa.array(s.array, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _write_parquet(table: pa.Table, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, **PARQUET_OPTIONS)
+    os.replace(tmp, path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _iso(ts: pd.Timestamp | None) -> str | None:
+    if ts is None or pd.isna(ts):
+        return None
+    ts = pd.Timestamp(ts).tz_convert("UTC")
+    return ts.strftime("%Y-%m-%dT%H:%M:%S") + (f".{ts.microsecond:06d}" if ts.microsecond else "") + "Z"
+
+
+def _quarantine(m: _Mapped, read_cols: list[str], pseudo_sources: dict[str, dict[str, str]]) -> pd.DataFrame:
+    """One row per problem: where (file, line), what (column, rule, message) and the raw source values the
+    mapping reads (JSON, sorted keys; pseudonymized columns show their pseudonym, unmapped columns are left out
+    because they may hold contact data)."""
+    if not m.problems:
+        return _quarantine_empty()
+    rows = np.concatenate([p.rows for p in m.problems]).astype(np.int64)
+    detail = pd.DataFrame({
+        "_row": rows,
+        "column": np.concatenate([np.full(len(p.rows), p.column, dtype=object) for p in m.problems]),
+        "rule": np.concatenate([np.full(len(p.rows), p.rule, dtype=object) for p in m.problems]),
+        "message": np.concatenate([
+            np.full(len(p.rows), p.message, dtype=object) if isinstance(p.message, str)
+            else np.asarray(p.message, dtype=object) for p in m.problems
+        ]),
+    })
+    uniq = np.unique(rows)
+    records: dict[int, str] = {}
+    for fi in np.unique(m.src.file[uniq]):
+        sel = uniq[m.src.file[uniq] == fi]
+        rf = m.files[fi]
+        ix = pa.array(m.src.rec[sel], pa.int64())
+        cols = {c: _np(rf.columns[c].take(ix)) for c in read_cols if c in rf.columns}
+        for c in cols:
+            if c in pseudo_sources:
+                cols[c] = np.array([pseudo_sources[c].get(v.strip(), v) for v in cols[c]], dtype=object)
+        for k, r in enumerate(sel):
+            records[int(r)] = json.dumps({c: str(v[k]) for c, v in cols.items()}, sort_keys=True, ensure_ascii=False)
+    detail["source_file"] = [m.files[i].rel for i in m.src.file[rows]]
+    detail["line"] = m.src.line[rows].astype(np.int64)
+    detail["raw_record"] = detail["_row"].map(records)
+    detail = detail.drop_duplicates(["_row", "column", "rule", "message"])
+    detail = detail.sort_values(["source_file", "line", "_row", "column", "rule", "message"], kind="mergesort")
+    return detail[[f.name for f in QUARANTINE_SCHEMA]].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------- ingest
+
+
+def ingest(raw_dir: Path, mapping_path: Path, out_dir: Path, definitions: Definitions | None = None) -> IngestResult:
+    """Map, validate and write the canonical tables; bad rows to out_dir/quarantine; return the row accounting."""
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    defs = definitions if definitions is not None else load_definitions()
+    mapping = load_mapping(mapping_path, defs)
+    if not raw_dir.is_dir():
+        raise InputFileError("raw data folder not found", file=str(raw_dir), rule="missing_file")
+    reader = _Reader(raw_dir)
+
+    mapped: dict[str, _Mapped] = {}
+    missing_tables: list[str] = []
+    for name in TABLE_ORDER:
+        tm = mapping.tables.get(name)
+        if tm is None or not resolve_sources(raw_dir, tm.sources):
+            missing_tables.append(name)
+            continue
+        mapped[name] = _map_table(tm, mapping, defs.data, reader, raw_dir)
+
+    bad_rows: dict[str, np.ndarray] = {}
+    for name, m in mapped.items():
+        m.problems += check_schema(m.canon, TABLES[name], defs.data, m.type_bad)
+        m.problems += check_date_order(m.canon, name, m.date_only, np.zeros(len(m.canon), bool))
+        bad = _bad_mask(m)
+        if name == "stage_history":
+            m.problems += check_stage_history_order(m.canon, defs.data, bad)
+        bad_rows[name] = _bad_mask(m)
+    if "opportunities" in mapped:
+        opp = mapped["opportunities"].canon["opportunity_id"]
+        kept_ids = pd.Index(opp[~bad_rows["opportunities"]].dropna().unique())
+        all_ids = pd.Index(opp.dropna().unique())
+        for name in ("stage_history", "touchpoints"):
+            if name in mapped:
+                mapped[name].problems += check_orphans(mapped[name].canon, kept_ids, all_ids, bad_rows[name])
+                bad_rows[name] = _bad_mask(mapped[name])
+
+    outputs: dict[str, pa.Table] = {}
+    quarantines: dict[str, pd.DataFrame] = {}
+    reports: dict[str, TableReport] = {}
+    max_ts: list[pd.Timestamp] = []
+    for name, m in mapped.items():
+        tm = mapping.tables[name]
+        bad = bad_rows[name]
+        kept = m.canon[~bad]
+        key = list(TABLES[name].key)
+        kept = kept.sort_values(key, kind="mergesort", na_position="last").reset_index(drop=True)
+        outputs[name] = _arrow(kept, name)
+        pseudo_sources = {src: m.pseudonyms.get(src, {}) for src in tm.pseudonymized_sources()}
+        quarantines[name] = _quarantine(m, tm.source_columns(), pseudo_sources)
+        reports[name] = _report(m, bad)
+        for c in TABLES[name].columns:
+            if c.type == TS and kept[c.name].notna().any():
+                max_ts.append(kept[c.name].max())
+
+    as_of_ts = mapping.as_of if mapping.as_of is not None else (max(max_ts) if max_ts else None)
+    as_of = _iso(as_of_ts) or ""
+
+    # Everything is validated: write (each file atomically), drop stale tables, then the manifest.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hashes: dict[str, str] = {}
+    for name in TABLES:
+        path = out_dir / f"{name}.parquet"
+        if name in outputs:
+            hashes[f"{name}.parquet"] = _write_parquet(outputs[name], path)
+        elif path.exists():
+            path.unlink()
+        q = quarantines.get(name, _quarantine_empty())
+        qt = pa.Table.from_pandas(q, schema=QUARANTINE_SCHEMA, preserve_index=False).replace_schema_metadata(None)
+        hashes[f"{QUARANTINE_DIR}/{name}.parquet"] = _write_parquet(qt, out_dir / QUARANTINE_DIR / f"{name}.parquet")
+
+    manifest = _manifest(mapping, defs, as_of, mapping.as_of is not None, reader, raw_dir, reports,
+                         missing_tables, hashes)
+    manifest_path = out_dir / MANIFEST_NAME
+    tmp = manifest_path.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, manifest_path)
+    return IngestResult(tables=reports, manifest_path=manifest_path, as_of=as_of,
+                        missing_tables=tuple(t for t in TABLES if t not in reports))
+
+
+def _quarantine_empty() -> pd.DataFrame:
+    return pd.DataFrame({f.name: pd.Series([], dtype="int64" if f.name == "line" else object)
+                         for f in QUARANTINE_SCHEMA})
+
+
+def _bad_mask(m: _Mapped) -> np.ndarray:
+    bad = np.zeros(len(m.canon), dtype=bool)
+    for p in m.problems:
+        bad[p.rows] = True
+    return bad
+
+
+def _report(m: _Mapped, bad: np.ndarray) -> TableReport:
+    files: dict[str, FileReport] = {}
+    for i, rf in enumerate(m.files):
+        sel = m.src.file == i
+        files[rf.rel] = FileReport(rf.rel, int(sel.sum()), int((sel & ~bad).sum()), int((sel & bad).sum()))
+    by_rule: dict[str, set[int]] = {}
+    for p in m.problems:
+        by_rule.setdefault(p.rule, set()).update(p.rows.tolist())
+    by_rule_n = {k: len(v) for k, v in sorted(by_rule.items())}
+    rows_in, rows_q = len(m.canon), int(bad.sum())
+    rep = TableReport(
+        name=m.name, rows_in=rows_in, rows_kept=rows_in - rows_q, rows_quarantined=rows_q,
+        quarantined_by_rule=by_rule_n, source_files=tuple(rf.rel for rf in m.files), files=files,
+        rows_filtered=m.rows_filtered, ignored_columns=m.ignored, missing_columns=m.missing,
+        timestamp_column=MAIN_TIMESTAMP.get(m.name),
+    )
+    for f in [*files.values(), rep]:
+        if f.rows_in != f.rows_kept + f.rows_quarantined:
+            raise RuntimeError(f"row accounting broken for {m.name} ({f}): rows_in != kept + quarantined")
+    col = rep.timestamp_column
+    kept = m.canon.loc[~bad, col] if col else None
+    if kept is not None and kept.notna().any():
+        if col == "period":
+            rep.min_timestamp, rep.max_timestamp = str(kept.min()), str(kept.max())
+        else:
+            rep.min_timestamp, rep.max_timestamp = _iso(kept.min()), _iso(kept.max())
+    return rep
+
+
+def _manifest(mapping: Mapping, defs: Definitions, as_of: str, as_of_declared: bool, reader: _Reader,
+              raw_dir: Path, reports: dict[str, TableReport], missing: list[str], hashes: dict[str, str]) -> dict:
+    inputs = {}
+    for rf in {id(r): r for r in reader.cache.values()}.values():
+        inputs[rf.rel] = {"sha256": rf.sha256, "bytes": rf.size, "rows": rf.n,
+                          "blank_rows": rf.blank_rows, "used_by": sorted(reader.used.get(rf.rel, ()))}
+    all_files = sorted(p.relative_to(raw_dir).as_posix() for p in raw_dir.rglob("*")
+                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(raw_dir).parts))
+    tables = {}
+    for name in TABLES:
+        r = reports.get(name)
+        if r is None:
+            tables[name] = {"present": False}
+            continue
+        tables[name] = {
+            "present": True,
+            "source_files": list(r.source_files),
+            "files": {k: {"rows_in": f.rows_in, "rows_kept": f.rows_kept, "rows_quarantined": f.rows_quarantined}
+                      for k, f in r.files.items()},
+            "rows_in": r.rows_in, "rows_kept": r.rows_kept, "rows_quarantined": r.rows_quarantined,
+            "rows_filtered": r.rows_filtered,
+            "quarantined_by_rule": r.quarantined_by_rule,
+            "ignored_columns": list(r.ignored_columns),
+            "missing_columns": list(r.missing_columns),
+            "freshness": {"column": r.timestamp_column, "min": r.min_timestamp, "max": r.max_timestamp},
+            "invariant_rows_in_eq_kept_plus_quarantined": True,
+        }
+    return {
+        "mapping": {"name": mapping.name, "file": Path(mapping.path).name, "sha256": mapping.sha256},
+        "definitions": {"sha256": defs.sha256},
+        "as_of": as_of or None,
+        "as_of_source": "mapping" if as_of_declared else "max_event_timestamp",
+        "inputs": inputs,
+        "unused_files": [f for f in all_files if f not in inputs],
+        "tables": tables,
+        "tables_present": sorted(reports),
+        "tables_missing": sorted(set(TABLES) - set(reports)),
+        "outputs": hashes,
+    }
