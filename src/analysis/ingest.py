@@ -100,7 +100,7 @@ class TableReport:
 class IngestResult:
     tables: dict[str, TableReport]  # canonical tables present in the export
     manifest_path: Path
-    as_of: str  # ISO UTC instant: the mapping's `as_of`, else the max event timestamp
+    as_of: str  # ISO UTC instant: the mapping's `as_of`, else the end of the UTC day of the latest event
     missing_tables: tuple[str, ...] = ()
 
 
@@ -203,7 +203,8 @@ def _read_csv(path: Path, rel: str, shown: str, raw: bytes, opts: CsvOptions) ->
                       column=header[0][:60])
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
-        _fail(shown, f"column name repeated in the header: {', '.join(dupes)}", rule="duplicate_column", column=dupes[0])
+        _fail(shown, f"column name repeated in the header: {', '.join(dupes)}", rule="duplicate_column",
+              column=dupes[0])
     # Fast path: Arrow's multi-threaded reader on UTF-8 bytes + a vectorised scan for record start lines.
     enc = opts.encoding.lower().replace("_", "-")
     data = (raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw) if enc in ("utf-8", "utf8") else text.encode()
@@ -213,7 +214,7 @@ def _read_csv(path: Path, rel: str, shown: str, raw: bytes, opts: CsvOptions) ->
     try:
         table = pacsv.read_csv(
             io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=names, use_threads=True),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=True, block_size=1 << 24),
             parse_options=pacsv.ParseOptions(
                 delimiter=opts.delimiter, quote_char=opts.quote or False, double_quote=True, newlines_in_values=True,
                 ignore_empty_lines=True, invalid_row_handler=_skip_blank_rows),
@@ -233,11 +234,17 @@ def _read_csv(path: Path, rel: str, shown: str, raw: bytes, opts: CsvOptions) ->
         cols = [table.column(i).combine_chunks() for i in range(ncols)]
     cols = [c.slice(1) for c in cols]  # drop the header record
     lines = lines[1:]
-    blank = np.ones(len(lines), dtype=bool)
-    for c in cols:
-        blank &= pc.equal(pc.utf8_trim_whitespace(c), "").to_numpy(zero_copy_only=False)
-    keep = pa.array(~blank)
-    columns = {h: c.filter(keep) for h, c in zip(header, cols, strict=True)}
+    # A record whose fields are all blank is not a row. Candidates first (blank first field), then the rest.
+    blank = pc.equal(pc.utf8_trim_whitespace(cols[0]), "").to_numpy(zero_copy_only=False) if cols else np.zeros(0, bool)
+    cand = np.flatnonzero(blank)
+    if len(cand):
+        ix = pa.array(cand, pa.int64())
+        for c in cols[1:]:
+            blank[cand] &= pc.equal(pc.utf8_trim_whitespace(c.take(ix)), "").to_numpy(zero_copy_only=False)
+    if blank.any():
+        keep = pa.array(~blank)
+        cols = [c.filter(keep) for c in cols]
+    columns = dict(zip(header, cols, strict=True))
     return _Raw(path, rel, shown, header, columns, lines[~blank], blank_rows=int(blank.sum()))
 
 
@@ -445,6 +452,7 @@ def _map_table(tm: TableMapping, mapping: Mapping, defs: dict, reader: _Reader, 
     date_only: dict[str, np.ndarray] = {}
     canon: dict[str, pd.Series] = {}
     lookup_cache: dict = {}
+    orphan_reported: set[str] = set()
     given_flags: dict[str, pd.Series] = {}
     pseudonyms: dict[str, dict[str, str]] = {}
 
@@ -455,9 +463,10 @@ def _map_table(tm: TableMapping, mapping: Mapping, defs: dict, reader: _Reader, 
             lk = tm.lookups[spec.lookup[0]]
             vals, unmatched = _lookup_values(tm, spec.lookup[0], spec.lookup[1], _trim(src.cols[lk.on]), reader,
                                              raw_dir, lookup_cache)
-            if lk.unmatched == "quarantine" and unmatched.any():
+            if lk.unmatched == "quarantine" and unmatched.any() and lk.name not in orphan_reported:
+                orphan_reported.add(lk.name)  # once per lookup, however many columns it feeds
                 problems.append(Problem(np.flatnonzero(unmatched), spec.name, "orphan",
-                                        f"'{lk.on}' value not found in lookup '{lk.name}'"))
+                                        f"'{lk.on}' value not found in lookup '{lk.name}' ({', '.join(lk.source)})"))
             return _trim(vals)
         if spec.unpivot_value:
             return _trim(src.cols["_unpivot_value"])
@@ -660,13 +669,10 @@ def ingest(raw_dir: Path, mapping_path: Path, out_dir: Path, definitions: Defini
     reader = _Reader(raw_dir)
 
     mapped: dict[str, _Mapped] = {}
-    missing_tables: list[str] = []
-    for name in TABLE_ORDER:
+    for name in TABLE_ORDER:  # a table the mapping lacks, or whose file is absent, is simply not present
         tm = mapping.tables.get(name)
-        if tm is None or not resolve_sources(raw_dir, tm.sources):
-            missing_tables.append(name)
-            continue
-        mapped[name] = _map_table(tm, mapping, defs.data, reader, raw_dir)
+        if tm is not None and resolve_sources(raw_dir, tm.sources):
+            mapped[name] = _map_table(tm, mapping, defs.data, reader, raw_dir)
 
     bad_rows: dict[str, np.ndarray] = {}
     for name, m in mapped.items():
@@ -703,7 +709,12 @@ def ingest(raw_dir: Path, mapping_path: Path, out_dir: Path, definitions: Defini
             if c.type == TS and kept[c.name].notna().any():
                 max_ts.append(kept[c.name].max())
 
-    as_of_ts = mapping.as_of if mapping.as_of is not None else (max(max_ts) if max_ts else None)
+    # Without a stated snapshot, the export is taken to be made at the end of the UTC day of its latest record:
+    # an export holding events up to 23:59 on 31 October covers October completely.
+    latest = max(max_ts) if max_ts else None
+    as_of_ts = mapping.as_of if mapping.as_of is not None else (
+        latest.floor("D") + pd.Timedelta(days=1) if latest is not None else None
+    )
     as_of = _iso(as_of_ts) or ""
 
     # Everything is validated: write (each file atomically), drop stale tables, then the manifest.
@@ -719,8 +730,7 @@ def ingest(raw_dir: Path, mapping_path: Path, out_dir: Path, definitions: Defini
         qt = pa.Table.from_pandas(q, schema=QUARANTINE_SCHEMA, preserve_index=False).replace_schema_metadata(None)
         hashes[f"{QUARANTINE_DIR}/{name}.parquet"] = _write_parquet(qt, out_dir / QUARANTINE_DIR / f"{name}.parquet")
 
-    manifest = _manifest(mapping, defs, as_of, mapping.as_of is not None, reader, raw_dir, reports,
-                         missing_tables, hashes)
+    manifest = _manifest(mapping, defs, as_of, reader, raw_dir, reports, hashes)
     manifest_path = out_dir / MANIFEST_NAME
     tmp = manifest_path.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -746,10 +756,10 @@ def _report(m: _Mapped, bad: np.ndarray) -> TableReport:
     for i, rf in enumerate(m.files):
         sel = m.src.file == i
         files[rf.rel] = FileReport(rf.rel, int(sel.sum()), int((sel & ~bad).sum()), int((sel & bad).sum()))
-    by_rule: dict[str, set[int]] = {}
-    for p in m.problems:
-        by_rule.setdefault(p.rule, set()).update(p.rows.tolist())
-    by_rule_n = {k: len(v) for k, v in sorted(by_rule.items())}
+    by_rule_n = {
+        rule: int(len(np.unique(np.concatenate([p.rows for p in m.problems if p.rule == rule]))))
+        for rule in sorted({p.rule for p in m.problems})
+    }
     rows_in, rows_q = len(m.canon), int(bad.sum())
     rep = TableReport(
         name=m.name, rows_in=rows_in, rows_kept=rows_in - rows_q, rows_quarantined=rows_q,
@@ -770,8 +780,9 @@ def _report(m: _Mapped, bad: np.ndarray) -> TableReport:
     return rep
 
 
-def _manifest(mapping: Mapping, defs: Definitions, as_of: str, as_of_declared: bool, reader: _Reader,
-              raw_dir: Path, reports: dict[str, TableReport], missing: list[str], hashes: dict[str, str]) -> dict:
+def _manifest(mapping: Mapping, defs: Definitions, as_of: str, reader: _Reader, raw_dir: Path,
+              reports: dict[str, TableReport], hashes: dict[str, str]) -> dict:
+    """The ingest manifest: what was read (hashes), how it was mapped, what was kept; no wall-clock time."""
     inputs = {}
     for rf in {id(r): r for r in reader.cache.values()}.values():
         inputs[rf.rel] = {"sha256": rf.sha256, "bytes": rf.size, "rows": rf.n,
@@ -801,7 +812,7 @@ def _manifest(mapping: Mapping, defs: Definitions, as_of: str, as_of_declared: b
         "mapping": {"name": mapping.name, "file": Path(mapping.path).name, "sha256": mapping.sha256},
         "definitions": {"sha256": defs.sha256},
         "as_of": as_of or None,
-        "as_of_source": "mapping" if as_of_declared else "max_event_timestamp",
+        "as_of_source": "mapping" if mapping.as_of is not None else "end_of_day_of_latest_event",
         "inputs": inputs,
         "unused_files": [f for f in all_files if f not in inputs],
         "tables": tables,

@@ -5,7 +5,7 @@ A mapping is a YAML file in `config/mappings/`. Onboarding a CRM means writing o
     name: salesforce                 # required; recorded in the ingest manifest
     description: ...
     salt: "..."                      # required when a table pseudonymizes columns
-    as_of: "2026-03-31T23:59:59Z"    # optional snapshot instant of the export (else: max event timestamp)
+    as_of: "2026-03-31T23:59:59Z"    # optional snapshot instant of the export (else: the end of the UTC day of the latest event)
     csv: {delimiter: ",", encoding: utf-8, quote: '"', decimal: ".", thousands: ""}   # defaults for all files
     timezone: UTC                    # default source time zone of naive timestamps
     tables:
@@ -59,7 +59,7 @@ import pyarrow as pa
 import yaml
 
 from analysis.errors import MappingError
-from analysis.schema import MONEY, TABLES, TS
+from analysis.schema import TABLES, TS
 
 DERIVED_ALWAYS = ("origin",)  # never mapped: derived from the channel by the definitions
 DERIVABLE = {"is_closed": "stage", "is_won": "stage"}
@@ -194,7 +194,9 @@ _Loader.yaml_implicit_resolvers = {
     k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 class _Ctx:
@@ -356,7 +358,6 @@ def _check_types(ctx: _Ctx, table: str, spec: ColumnSpec, key: str) -> None:
         typ != pa.bool_()
     ):
         ctx.fail(key, f"'{spec.name}' is not a boolean column")
-    _ = MONEY  # money columns need no options beyond the CSV separators
 
 
 def _table(ctx: _Ctx, name: str, obj: Any, top: dict, definitions: dict | None) -> TableMapping:
@@ -468,7 +469,8 @@ def _table(ctx: _Ctx, name: str, obj: Any, top: dict, definitions: dict | None) 
         for c in pseudo:
             for other, orig in origin_of.items():
                 if other not in pseudo and orig == origin_of[c]:
-                    ctx.fail(f"{key}.columns.{other}", f"reads the same source as pseudonymized '{c}'; pseudonymize it too")
+                    ctx.fail(f"{key}.columns.{other}",
+                             f"reads the same source as pseudonymized '{c}'; pseudonymize it too")
         if not top.get("salt"):
             ctx.fail("salt", "a mapping that pseudonymizes columns needs a salt")
     return TableMapping(
@@ -512,10 +514,14 @@ def parse_mapping(data: Any, *, path: str, sha256: str = "", definitions: dict |
 def load_mapping(path: str | Path, definitions: Any = None) -> Mapping:
     """The parsed, validated mapping at `path` (MappingError naming the key on any problem).
 
-    `definitions` (a config.Definitions or its data dict) resolves `bands: definitions`; by default the
-    governed config/definitions.yml is read.
+    `path` may also be a bare mapping name (`salesforce`) for config/mappings/<name>.yml. `definitions` (a
+    config.Definitions or its data dict) resolves `bands: definitions`; by default config/definitions.yml is read.
     """
     p = Path(path)
+    if not p.exists() and not p.suffix and len(p.parts) == 1:
+        from analysis.config import MAPPINGS_DIR
+
+        p = MAPPINGS_DIR / f"{p.name}.yml"
     try:
         raw = p.read_bytes()
     except OSError as exc:

@@ -42,9 +42,10 @@ CADENCES: dict[str, tuple[str, ...]] = {
         BRIEF,
         "02_data_quality",
         "03_funnel_conversion",
+        "08_pipeline_plan",
     ),
     "weekly": (BRIEF, "02_data_quality"),
-    "quarterly": (BRIEF, "02_data_quality", "03_funnel_conversion"),
+    "quarterly": (BRIEF, "02_data_quality", "03_funnel_conversion", "08_pipeline_plan"),
 }
 
 CADENCE_TITLES = {"monthly": "Monthly trend review", "weekly": "Weekly operating review", "quarterly": "Quarterly plan"}
