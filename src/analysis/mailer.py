@@ -42,7 +42,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 from email import policy as email_policy
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.utils import formatdate, parseaddr
 from html.parser import HTMLParser
 from importlib import resources
@@ -332,21 +332,29 @@ def build_message(report_dir: str | Path, *, cadence: str | None = None, period:
         digest.update(hashlib.sha256(chunk).digest())
     h = digest.hexdigest()
 
+    alternative = MIMEPart(policy=POLICY)
+    alternative.set_content(text_body, subtype="plain", charset="utf-8", cte="quoted-printable")
+    alternative.add_alternative(html_body, subtype="html", charset="utf-8", cte="quoted-printable")
     msg = EmailMessage(policy=POLICY)
     msg["Subject"] = subject
     msg["Message-ID"] = f"<pack-{h[:32]}@{CID_DOMAIN}>"
     msg["X-Funnel-Kit-Period"] = f"{cadence} {period}"
-    msg.set_content(text_body, subtype="plain", charset="utf-8", cte="quoted-printable")
-    msg.add_alternative(html_body, subtype="html", charset="utf-8", cte="quoted-printable")
-    for cid, subtype, data in images:
-        msg.add_related(
-            data,
-            maintype="image",
-            subtype=subtype,
-            cid=f"<{cid}>",
-            disposition="inline",
-            filename=f"{cid.split('@')[0]}.{subtype}",
-        )
+    if images:  # related [ alternative [plain, html], images ] (the stdlib would nest related in alternative)
+        msg.make_related()
+        msg.attach(alternative)
+        for cid, subtype, data in images:
+            msg.add_related(
+                data,
+                maintype="image",
+                subtype=subtype,
+                cid=f"<{cid}>",
+                disposition="inline",
+                filename=f"{cid.split('@')[0]}.{subtype}",
+            )
+    else:
+        msg.make_alternative()
+        for part in alternative.iter_parts():
+            msg.attach(part)
     msg.add_attachment(pack_bytes, maintype="text", subtype="html", filename=PACK_NAME)
     for part in msg.walk():
         if part.is_multipart():
@@ -455,7 +463,9 @@ def _send(message: EmailMessage, settings: SmtpSettings, recipients: list[str]) 
             f"authentication rejected by {where} for user {settings.user}: {_reply(exc)} {kept}", rule="smtp_auth"
         ) from None
     except smtplib.SMTPNotSupportedError as exc:
-        raise EmailError(f"SMTP server {where} does not support {exc} {kept}", rule="smtp_auth") from None
+        raise EmailError(
+            f"SMTP server {where} does not offer AUTH, but SMTP_USER is set ({exc}) {kept}", rule="smtp_auth"
+        ) from None
     except smtplib.SMTPRecipientsRefused as exc:
         names = "; ".join(f"{addr} ({code} {_text(msg)})" for addr, (code, msg) in sorted(exc.recipients.items()))
         raise EmailError(f"every recipient refused by {where}: {names} {kept}", rule="smtp_recipient") from None
