@@ -114,7 +114,9 @@ def pa_idx(pos: np.ndarray) -> pyarrow.Array:
     return pyarrow.array(pos, type=pyarrow.int64())
 
 
-def parse_timestamps(values: pyarrow.Array, formats: tuple[str, ...], tz: str) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+def parse_timestamps(
+    values: pyarrow.Array, formats: tuple[str, ...], tz: str
+) -> tuple[pd.Series, np.ndarray, np.ndarray]:
     """Strings -> UTC timestamps (us). Returns (timestamps, bad mask, date-only mask).
 
     Each format is tried in order on the values still unparsed. Naive values are local times in `tz`. A value
@@ -141,7 +143,9 @@ _MONEY_JUNK = r"^[A-Z]{3}\s*|\s*[A-Z]{3}$|[\s$€£¥\x{00a0}]"
 _MONEY_RE = r"^(?P<sign>[+-]?)(?P<whole>\d{1,16})(?:\.(?P<frac>\d*))?$"
 
 
-def parse_money(values: pyarrow.Array, decimal: str = ".", thousands: str = "") -> tuple[pd.Series, np.ndarray, np.ndarray]:
+def parse_money(
+    values: pyarrow.Array, decimal: str = ".", thousands: str = ""
+) -> tuple[pd.Series, np.ndarray, np.ndarray]:
     """Strings -> exact amounts in integer minor units (cents, Int64). Never goes through float.
 
     Currency symbols and ISO codes are stripped; `(1,234.50)` is negative. Returns (cents, bad mask, reason).
@@ -168,7 +172,9 @@ def parse_money(values: pyarrow.Array, decimal: str = ".", thousands: str = "") 
     return pd.Series(pd.arrays.IntegerArray(cents, ~ok)), bad, reason
 
 
-def parse_bool(values: pyarrow.Array, true_values: tuple[str, ...], false_values: tuple[str, ...]) -> tuple[pd.Series, np.ndarray]:
+def parse_bool(
+    values: pyarrow.Array, true_values: tuple[str, ...], false_values: tuple[str, ...]
+) -> tuple[pd.Series, np.ndarray]:
     low = pc.utf8_lower(values)
     is_t = _np(pc.is_in(low, value_set=pyarrow.array(list(true_values), pyarrow.string())))
     is_f = _np(pc.is_in(low, value_set=pyarrow.array(list(false_values), pyarrow.string())))
@@ -176,7 +182,9 @@ def parse_bool(values: pyarrow.Array, true_values: tuple[str, ...], false_values
     return pd.Series(pd.arrays.BooleanArray(is_t, ~(is_t | is_f))), ~blank & ~is_t & ~is_f
 
 
-def apply_bands(values: pyarrow.Array, bands: tuple[tuple[float, float, str], ...], thousands: str = "") -> tuple[pyarrow.Array, np.ndarray, np.ndarray]:
+def apply_bands(
+    values: pyarrow.Array, bands: tuple[tuple[float, float, str], ...], thousands: str = ""
+) -> tuple[pyarrow.Array, np.ndarray, np.ndarray]:
     """Numeric strings -> band labels. Returns (labels, not-a-number mask, outside-every-band mask)."""
     t = pc.replace_substring(values, thousands, "") if thousands else values
     isnum = _np(pc.match_substring_regex(t, r"^[+-]?\d+(?:\.\d+)?$"))
@@ -274,7 +282,8 @@ def check_schema(df: pd.DataFrame, table: Table, definitions: dict, type_bad: di
             if not len(rows):
                 continue
             vals = df[cols].iloc[rows].astype(str).agg(" / ".join, axis=1).to_numpy()
-            msg = np.char.add(np.char.add(f"duplicate {'/'.join(cols)} '", vals.astype(str)), "' (first occurrence kept)")
+            head = f"duplicate {'/'.join(cols)} '"
+            msg = np.char.add(np.char.add(head, vals.astype(str)), "' (first occurrence kept)")
             problems.append(Problem(rows, ",".join(cols), rule, msg))
             continue
         column = str(column)
