@@ -319,7 +319,7 @@ def test_stale_tables_are_removed_and_errors_keep_previous_outputs(tmp_path, def
     assert not (out / "leads.parquet").exists()  # not in this export: no stale table left behind
     assert (out / "quarantine" / "leads.parquet").exists()  # quarantine files always exist
     manifest = json.loads((out / MANIFEST_NAME).read_text())
-    assert manifest["tables"]["leads"] == {"present": False}
+    assert "leads" not in manifest["tables"] and "leads" in manifest["tables_missing"]
 
 
 def test_as_of_defaults_to_the_end_of_the_day_of_the_latest_event(layouts):

@@ -789,11 +789,10 @@ def _manifest(mapping: Mapping, defs: Definitions, as_of: str, reader: _Reader, 
                           "blank_rows": rf.blank_rows, "used_by": sorted(reader.used.get(rf.rel, ()))}
     all_files = sorted(p.relative_to(raw_dir).as_posix() for p in raw_dir.rglob("*")
                        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(raw_dir).parts))
-    tables = {}
+    tables = {}  # present tables only; `tables_missing` names the others
     for name in TABLES:
         r = reports.get(name)
         if r is None:
-            tables[name] = {"present": False}
             continue
         tables[name] = {
             "present": True,

@@ -5,7 +5,7 @@ A mapping is a YAML file in `config/mappings/`. Onboarding a CRM means writing o
     name: salesforce                 # required; recorded in the ingest manifest
     description: ...
     salt: "..."                      # required when a table pseudonymizes columns
-    as_of: "2026-03-31T23:59:59Z"    # optional snapshot instant of the export (else: the end of the UTC day of the latest event)
+    as_of: "2026-03-31T23:59:59Z"    # optional snapshot instant (else: end of the UTC day of the latest event)
     csv: {delimiter: ",", encoding: utf-8, quote: '"', decimal: ".", thousands: ""}   # defaults for all files
     timezone: UTC                    # default source time zone of naive timestamps
     tables:
