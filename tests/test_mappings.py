@@ -319,6 +319,13 @@ def test_lookup_key_must_be_unique(tmp_path, definitions):
     assert (info.value.rule, info.value.column, info.value.row) == ("unique", "Account", 3)
 
 
+def test_a_folder_without_any_mapped_file_is_refused(tmp_path, definitions):
+    (tmp_path / "raw").mkdir()
+    with pytest.raises(InputFileError) as info:
+        ingest(tmp_path / "raw", MAPPINGS / "salesforce.yml", tmp_path / "out", definitions)
+    assert info.value.rule == "missing_file" and "Opportunity.csv" in str(info.value)
+
+
 def test_missing_lookup_file(tmp_path, definitions):
     raw = tmp_path / "raw"
     _write(raw / "deals_1.csv", "Id,Account,Created,Stage\nD1,Acme,05.01.2026,won\n")

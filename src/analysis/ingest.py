@@ -49,6 +49,9 @@ __all__ = ["IngestResult", "TableReport", "FileReport", "ingest", "load_mapping"
 
 MANIFEST_NAME = "ingest_manifest.json"
 QUARANTINE_DIR = "quarantine"
+# One row per problem. `line` is the physical line on which the record starts in the source file (header = 1,
+# embedded newlines counted); for a Parquet source it is the 1-based row number. `raw_record` is the JSON (sorted
+# keys) of the source values the mapping reads, with pseudonymized values replaced by their pseudonym.
 QUARANTINE_SCHEMA = pa.schema(
     [
         pa.field("source_file", pa.string(), nullable=False),
@@ -673,6 +676,10 @@ def ingest(raw_dir: Path, mapping_path: Path, out_dir: Path, definitions: Defini
         tm = mapping.tables.get(name)
         if tm is not None and resolve_sources(raw_dir, tm.sources):
             mapped[name] = _map_table(tm, mapping, defs.data, reader, raw_dir)
+    if not mapped:
+        wanted = ", ".join(sorted({s for tm in mapping.tables.values() for s in tm.sources}))
+        raise InputFileError(f"no file matches the mapping '{mapping.name}' (expected: {wanted})", file=str(raw_dir),
+                             rule="missing_file")
 
     bad_rows: dict[str, np.ndarray] = {}
     for name, m in mapped.items():
