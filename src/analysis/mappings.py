@@ -40,8 +40,11 @@ canonical type: timestamps with `format` (a strptime pattern, `iso`, `epoch_ms`,
 order; default `iso`) in `timezone` (naive values are local to it, converted to UTC), money as exact decimals with
 the CSV `decimal`/`thousands` separators (currency symbols and codes stripped), booleans with `true_values` /
 `false_values`. Values are trimmed; an empty value is null. `origin` is never mapped: it is always derived from
-the channel by the governed definitions. Pseudonymized values become `<prefix>_<hash>` (sha256 of salt and
-value), so no personal name reaches data/processed.
+the channel by the governed definitions; is_closed / is_won read from a file are checked against the stage's
+governed meaning (rule `consistency`). Pseudonymized values become `<prefix>_<hash>` (sha256 of salt and value),
+so no personal name reaches data/processed. A lookup key must be unique in its file; a key with no match gives
+blanks (`unmatched: null`) or quarantines the row (`unmatched: quarantine`, rule `orphan`). YAML is read with
+1.2 booleans: only true/false are booleans, so labels such as `Yes`, `No` and `on` stay text.
 """
 
 from __future__ import annotations
