@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml
 ## Generate the demo export into data/raw (only if data/raw holds no export)
 .PHONY: demo-data
 demo-data: $(STAMP)
-	@if ls $(RAW)/*.csv $(RAW)/*.parquet >/dev/null 2>&1; then \
+	@if find $(RAW) -maxdepth 1 \( -name '*.csv' -o -name '*.parquet' \) 2>/dev/null | grep -q .; then \
 		echo "data/raw already holds an export: demo data not generated"; \
 	else \
 		$(PY) -m analysis demo-data --out $(RAW); \
