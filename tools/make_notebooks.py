@@ -138,8 +138,53 @@ FUNNEL = notebook(
     ]
 )
 
+OPERATIONS = notebook(
+    [
+        new_markdown_cell(
+            "# Pipeline operations\n"
+            "New pipeline by source against its recent run rate, and the open deals most likely to slip."
+        ),
+        new_code_cell(
+            "from analysis import operations as ops\n"
+            "from analysis.context import open_context\n"
+            "from analysis.display import show_chart, show_note, show_table\n"
+            "from analysis.metrics import empty, write_section_metrics"
+        ),
+        new_code_cell(
+            OPEN + "\n"
+            "note = ctx.missing_note(\"pipeline operations\", \"opportunities\")\n"
+            "if note:\n"
+            "    show_note(note)\n"
+            "    metrics = empty()"
+        ),
+        new_markdown_cell("## New pipeline by source"),
+        new_code_cell(
+            "if not note:\n"
+            "    pipeline = ops.new_pipeline_by_source(ctx)\n"
+            "    show_chart(ops.new_pipeline_chart(pipeline))\n"
+            "    show_table(pipeline, caption=\"Deals and amount created this period; run rate = the prior weeks scaled to one period\", "
+            "float_format=\"{:,.0f}\")"
+        ),
+        new_markdown_cell("## Deals most likely to slip\nOpen longer than three in four won deals of their segment took to close."),
+        new_code_cell(
+            "if not note:\n"
+            "    slip = ops.slip_summary(ctx)\n"
+            "    show_table(slip, caption=\"Open deals past their segment's 75th-percentile cycle\", float_format=\"{:,.2f}\")\n"
+            "    show_table(ops.deals_likely_to_slip(ctx), caption=\"Largest late deals (ids and teams only)\", float_format=\"{:,.0f}\")\n"
+            "    metrics = ops.operations_metrics(ctx, pipeline, slip)"
+        ),
+        new_code_cell("write_section_metrics(metrics, out_dir, ops.SECTION);"),
+    ],
+    params=PARAMS.replace('period = "2026-10"', 'period = "2026-W43"').replace('cadence = "monthly"', 'cadence = "weekly"'),
+)
+
 if __name__ == "__main__":
     root = Path(__file__).resolve().parents[1] / "notebooks"
-    for name, nb in (("01_executive_brief", BRIEF), ("02_data_quality", QUALITY), ("03_funnel_conversion", FUNNEL)):
+    for name, nb in (
+        ("01_executive_brief", BRIEF),
+        ("02_data_quality", QUALITY),
+        ("03_funnel_conversion", FUNNEL),
+        ("09_pipeline_operations", OPERATIONS),
+    ):
         nbformat.validate(nb)
         nbformat.write(nb, root / f"{name}.ipynb")

@@ -44,7 +44,7 @@ CADENCES: dict[str, tuple[str, ...]] = {
         "03_funnel_conversion",
         "08_pipeline_plan",
     ),
-    "weekly": (BRIEF, "02_data_quality"),
+    "weekly": (BRIEF, "09_pipeline_operations", "02_data_quality"),
     "quarterly": (BRIEF, "02_data_quality", "03_funnel_conversion", "08_pipeline_plan"),
 }
 
