@@ -47,10 +47,11 @@ BRIEF = notebook(
             "p = parse_period(period)\n"
             "display(HTML(brief.brief_html(metrics, definitions, p.label, p.months, actions_path)))"
         ),
-        new_markdown_cell("### Tested moves\nEvery move above, with its q-value across the whole pack's family of tests."),
         new_code_cell(
-            "show_table(brief.moves_table(brief.moves(metrics, definitions)), "
-            "caption=\"Moves that passed the FDR and the minimum practical effect\", float_format=\"{:,.4f}\")"
+            "moved = brief.moves(metrics, definitions)\n"
+            "if not moved.empty:\n"
+            "    show_table(brief.moves_table(moved), "
+            "caption=\"Tested moves: q-values across the whole pack's family of tests\")"
         ),
     ],
     params=PARAMS + '\nactions_path = "../data/raw/actions/2026-10.md"',
@@ -162,8 +163,8 @@ OPERATIONS = notebook(
             "if not note:\n"
             "    pipeline = ops.new_pipeline_by_source(ctx)\n"
             "    show_chart(ops.new_pipeline_chart(pipeline))\n"
-            "    show_table(pipeline, caption=\"Deals and amount created this period; run rate = the prior weeks scaled to one period\", "
-            "float_format=\"{:,.0f}\")"
+            "    show_table(ops.pipeline_table(pipeline), caption=\"Deals and amount created this period; run rate = the prior weeks scaled to one period\", "
+            "float_format=\"{:,.1f}\")"
         ),
         new_markdown_cell("## Deals most likely to slip\nOpen longer than three in four won deals of their segment took to close."),
         new_code_cell(

@@ -215,3 +215,18 @@ def new_pipeline_chart(pipeline: pd.DataFrame):
     ax.set_title("New pipeline by source")
     ax.legend(loc="lower right", fontsize=8, frameon=False)
     return fig
+
+
+def pipeline_table(pipeline: pd.DataFrame) -> pd.DataFrame:
+    """New pipeline by source for people: money in $k, change against the run rate in percent."""
+    return pd.DataFrame(
+        {
+            "source": pipeline["channel"],
+            "origin": pipeline["origin"],
+            "deals": pipeline["deals"],
+            "amount ($k)": (pipeline["amount"] / 1e3).round(1),
+            "run-rate deals": pipeline["run_rate_deals"].round(1),
+            "run-rate amount ($k)": (pipeline["run_rate_amount"] / 1e3).round(1),
+            "vs run rate": [f"{v:+.0%}" if v == v else "n/a" for v in pipeline["vs_run_rate"]],
+        }
+    )
