@@ -259,7 +259,8 @@ def check_message(msg, *, n_images: int, period: str = "2026-09") -> str:
 
         data = part.get_content()
         assert data.startswith(b"\x89PNG") and cid == f"img-{hashlib.sha256(data).hexdigest()[:12]}@funnel-kit"
-    assert "data:" not in html
+    assert "data:image" not in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*data:|url\(\s*["']?data:""", html, re.IGNORECASE)
     assert "<style" not in html.lower() and "var(--" not in html
     assert 'style="' in html  # CSS inlined
     assert "What moved" in html

@@ -62,6 +62,8 @@ CSS_PATH = Path(str(resources.files("analysis") / "templates" / "pack" / "pack.c
 _DATA_IMG = re.compile(
     r"""(<img\b[^>]*?\bsrc\s*=\s*)(["'])data:image/([a-z0-9.+-]+);base64,([^"']*)\2""", re.IGNORECASE | re.DOTALL
 )
+_DATA_URI = re.compile(r"""(?:\b(?:src|href|srcset|background)\s*=\s*["']?|url\(\s*["']?)\s*data:""", re.IGNORECASE)
+_LEFTOVER_IMG = re.compile(r"""<img\b[^>]*\bsrc\s*=\s*["']?\s*data:[^>]*>""", re.IGNORECASE)
 _ANCHOR_LINK = re.compile(r'<a\b[^>]*class="anchor-link"[^>]*>.*?</a>', re.DOTALL)
 _ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 
@@ -196,6 +198,8 @@ def brief_html(pack_html: str, subject: str) -> tuple[str, list[tuple[str, str, 
     )
     body = _ANCHOR_LINK.sub("", f"{header}\n{brief}\n{note}\n{footer}")
     body, images = _cid_images(body)
+    # Anything inline that is not a base64 image (rare) is left to the attached pack rather than sent as data:.
+    body = _LEFTOVER_IMG.sub('<span class="kit-note">[image: see the attached pack]</span>', body)
     doc = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
@@ -205,7 +209,7 @@ def brief_html(pack_html: str, subject: str) -> tuple[str, list[tuple[str, str, 
         doc, keep_style_tags=False, keep_link_tags=False, load_remote_stylesheets=False, resolve_css_variables=True
     )
     inlined = re.sub(r"<style\b.*?</style>", "", inlined, flags=re.DOTALL | re.IGNORECASE)
-    if "data:" in inlined:
+    if _DATA_URI.search(inlined):
         raise EmailError("a data: URI is left in the e-mail body (unsupported inline content)", rule="image")
     return inlined, images
 
