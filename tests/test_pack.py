@@ -173,3 +173,19 @@ def test_recover_restores_a_pack_killed_between_renames(tmp_path):
 def test_period_of_the_wrong_cadence_is_a_clear_error(demo_data, tmp_path):
     with pytest.raises(RunError, match="period '2026-W43' is weekly, not monthly"):
         run_cadence("monthly", "2026-W43", data_dir=demo_data["processed"], out_dir=tmp_path / "x")
+
+
+def test_pack_renders_in_headless_chromium_with_the_network_off(demo_pack, tmp_path):
+    from PIL import Image
+
+    from analysis.browser import dom_text, external_requests, screenshot
+
+    png = screenshot(demo_pack / "board_pack.html", tmp_path / "pack.png", width=1366, height=900)
+    image = Image.open(png).convert("RGB")
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50, "screenshot is blank"
+    text = dom_text(demo_pack / "board_pack.html")
+    for heading in ("What moved", "What caused it", "What it means for plan", "What marketing is doing"):
+        assert heading in text
+    assert "Enterprise MQL→SQL conversion fell" in text
+    assert external_requests(demo_pack / "board_pack.html") == []
