@@ -123,8 +123,9 @@ def test_pack_has_toc_brief_first_and_provenance(demo_pack, demo_data):
     defs = load_definitions()
     assert defs.sha256 in footer and "2026-10" in footer
     ingest = json.loads((demo_data["processed"] / "ingest_manifest.json").read_text())
-    for f in ingest["files"]:
-        assert f["sha256"] in footer
+    assert ingest["inputs"], "the demo export has input files"
+    for path, f in ingest["inputs"].items():
+        assert path in footer and f["sha256"] in footer
     assert "Appendix: governed definitions" in html and defs.sha256 in html
 
 

@@ -192,8 +192,8 @@ def _provenance(spec: RunSpec, ingest: dict, definitions_sha: str) -> list[tuple
             f"{ingest.get('mapping', {}).get('name', '')} {ingest.get('mapping', {}).get('sha256', '')}",
         ),
     ]
-    for f in sorted(ingest.get("files", []), key=lambda f: f["path"]):
-        rows.append((f"Input {f['path']}", f"sha256 {f['sha256']} · {f.get('rows', '')} rows"))
+    for path, f in sorted(ingest.get("inputs", {}).items()):
+        rows.append((f"Input {path}", f"sha256 {f['sha256']} · {f.get('rows', '')} rows"))
     if spec.actions_path.exists():
         rows.append((f"Input {spec.actions_path.name}", f"sha256 {sha256_file(spec.actions_path)}"))
     return rows
