@@ -1,0 +1,356 @@
+"""Benchmark: the kit's attribution models vs ChannelAttribution and marketing-attribution-models (mam).
+
+    python bench/bench_attribution.py [--sizes 10000,1000000,10000000] [--no-engine] [--ca-data FILE]
+
+For each size: synthetic journeys drawn with numpy (10 channels, a Markov-chain walk, conversion depending on
+the channels seen, lognormal amounts), aggregated to distinct paths with numpy. Then, in this process and on
+the same distinct paths:
+
+* kit markov       from the path strings: parse, exact removal effects (absorbing chain, numpy.linalg.solve),
+                   credits allocated to the cent;
+* kit markov solve the same from paths parsed beforehand (transition counting + exact solve + credits): the part
+                   that replaces the peers' simulation;
+* kit first+last+linear  the three heuristics the peers also compute, from the path strings;
+* kit all models   first, last, linear, U, W, full path, J, inverse J, Markov, Shapley (exact), allocated to the cent;
+* kit engine       (optional) the journeys -> distinct paths step of analysis.journeys on Ibis/DuckDB, from
+                   touch rows (time decay is computed there too, per touch);
+* CA markov        ChannelAttribution.markov_model with its defaults (simulated removal effects);
+* CA heuristics    ChannelAttribution.heuristic_models;
+* mam markov       mam.MAM(grouped journeys) + run_markov (analytic);
+* mam heuristics   run_first_click + run_last_click + run_linear.
+
+Columns: seconds, journeys per second, peak memory (the step's peak resident memory above its starting
+point, sampled every 2 ms, so C++ / Rust allocations of the peers count too), ratio kit / peer on the peer rows
+(kit markov, and kit markov solve, for the Markov rows; kit first+last+linear for the heuristics rows; < 1 means
+the kit is faster). Sizes up to 100 k report the best of 3 runs, larger sizes one run. ChannelAttribution's
+example data (its sdist's Data.csv) is timed too when --ca-data points at it.
+Timed assertions never go into the unit tests; this script only prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from analysis import attribution as A  # noqa: E402
+from analysis.config import load_definitions  # noqa: E402
+
+CHANNELS = np.array(["paid_search", "paid_social", "organic_search", "content_syndication", "webinar", "events",
+                     "email", "website_direct", "outbound_sdr", "partner_referral"])
+MAX_LEN = 18  # 11 ** 18 < 2 ** 63: a path is one int64 key (base 11, 0 = padding)
+SEED = 20251101
+
+
+# ------------------------------------------------------------------------------------------- memory
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Peak resident memory above the starting point while the block runs (sampled by a thread)."""
+
+    def __enter__(self):
+        gc.collect()
+        self.start = _rss()
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._poll, daemon=True)
+        self._t.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _rss())
+        self.mb = (self.peak - self.start) / 2**20
+
+
+def timed(fn, *args, repeat: int = 1, **kwargs):
+    """(result, best seconds of `repeat` runs, peak MB of the first run); stdout of the peers swallowed."""
+    best, mb = np.inf, np.nan
+    for i in range(max(1, repeat)):
+        with PeakRSS() as mem, contextlib.redirect_stdout(io.StringIO()):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            sec = time.perf_counter() - t0
+        best = min(best, sec)
+        mb = mem.mb if i == 0 else mb
+    return out, best, mb
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def synthetic_journeys(n: int, seed: int = SEED):
+    """n journeys: (padded channel codes 1..10, lengths, converted, cents), drawn with numpy."""
+    rng = np.random.default_rng(seed)
+    k = len(CHANNELS)
+    first_p = np.array([0.16, 0.08, 0.12, 0.18, 0.08, 0.06, 0.07, 0.10, 0.10, 0.05])
+    trans = rng.dirichlet(np.full(k, 0.8), size=k)
+    lengths = np.minimum(rng.geometric(0.38, n), MAX_LEN).astype(np.int64)  # mean ~2.6 touches
+    codes = np.zeros((n, MAX_LEN), np.int8)
+    cur = rng.choice(k, n, p=first_p)
+    codes[:, 0] = cur + 1
+    cum = np.cumsum(trans, axis=1)
+    for j in range(1, MAX_LEN):
+        live = lengths > j
+        if not live.any():
+            break
+        u = rng.random(int(live.sum()))
+        nxt = (u[:, None] > cum[cur[live]]).sum(axis=1)
+        cur = cur.copy()
+        cur[live] = np.minimum(nxt, k - 1)
+        codes[live, j] = cur[live] + 1
+    effect = np.linspace(-0.4, 0.6, k)
+    seen = np.zeros(n)
+    for c in range(k):
+        seen += effect[c] * (codes == c + 1).any(axis=1)
+    p = 1 / (1 + np.exp(-(-2.2 + seen + 0.08 * lengths)))
+    converted = rng.random(n) < p
+    cents = np.where(converted, np.rint(rng.lognormal(np.log(20_000_00), 0.8, n)), 0).astype(np.int64)
+    return codes, lengths, converted, cents
+
+
+def distinct_paths(codes, lengths, converted, cents) -> pd.DataFrame:
+    """Aggregate journeys to distinct paths with numpy: one int64 key per path, np.unique, bincount."""
+    powers = (11 ** np.arange(MAX_LEN, dtype=np.int64)).astype(np.int64)
+    keys = codes.astype(np.int64) @ powers
+    uniq, inv = np.unique(keys, return_inverse=True)
+    conv = np.bincount(inv, weights=converted, minlength=len(uniq)).astype(np.int64)
+    journeys = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
+    value = np.bincount(inv, weights=cents, minlength=len(uniq)).astype(np.int64)
+    digits = (uniq[:, None] // powers[None, :]) % 11
+    names = np.concatenate([[""], CHANNELS])
+    paths = [" > ".join(names[d[d > 0]]) for d in digits]
+    return pd.DataFrame({"path": paths, "conversions": conv, "nulls": journeys - conv, "value_cents": value,
+                         "value": value / 100.0})
+
+
+def grouped_for_mam(paths: pd.DataFrame) -> pd.DataFrame:
+    conv = paths[paths["conversions"] > 0]
+    nulls = paths[paths["nulls"] > 0]
+    return pd.concat([
+        pd.DataFrame({"path": conv["path"], "has_conv": True, "occ": conv["conversions"], "value": conv["value"]}),
+        pd.DataFrame({"path": nulls["path"], "has_conv": False, "occ": nulls["nulls"], "value": 0.0}),
+    ], ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------- steps
+
+
+def kit_markov(paths):
+    """Parse the distinct paths, solve the chain exactly, allocate the credits (returns the removal effects)."""
+    ps = A.PathSet.from_frame(paths)
+    res = A.markov_removal_effects(ps)
+    A.credit_frame(ps.channels, res.removal_effect, res.removal_effect_value, model="markov", basis="revenue",
+                   total_conversions=ps.total_conversions, total_cents=ps.total_cents)
+    return res
+
+
+def kit_markov_solve(ps):
+    """The same, from paths already parsed (what replaces the peers' simulation: counting + exact solve)."""
+    res = A.markov_removal_effects(ps)
+    A.credit_frame(ps.channels, res.removal_effect, res.removal_effect_value, model="markov", basis="revenue",
+                   total_conversions=ps.total_conversions, total_cents=ps.total_cents)
+    return res
+
+
+def kit_heuristics(paths):
+    ps = A.PathSet.from_frame(paths)
+    return [A.position_model(ps, m, "revenue") for m in ("first_touch", "last_touch", "linear")]
+
+
+def kit_all(paths, settings):
+    return A.all_models(paths, "revenue", settings)
+
+
+def kit_engine(codes, lengths, converted, cents):
+    """journeys -> distinct paths with analysis.journeys on Ibis/DuckDB, from touch rows (timed separately)."""
+    import ibis
+    import pyarrow as pa
+
+    from analysis import journeys as J
+
+    n = len(lengths)
+    jid = np.repeat(np.arange(n), lengths)
+    pos = np.arange(len(jid)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    ch = codes[jid, pos].astype(np.int64) - 1
+    base = np.datetime64("2026-01-01T00:00:00", "us")
+    t_at = base + (pos * 3_600_000_000).astype("timedelta64[us]")
+    touches = pa.table({
+        "t_id": pa.array(np.arange(len(jid))), "t_lead": pa.nulls(len(jid), pa.string()), "t_opp": pa.array(jid),
+        "t_at": pa.array(t_at, pa.timestamp("us", tz="UTC")), "t_key": pa.array(CHANNELS[ch]),
+        "t_channel": pa.array(CHANNELS[ch]), "t_mkt": pa.array(np.ones(len(jid), bool)),
+    })
+    jt = pa.table({
+        "jid": pa.array(np.arange(n)), "opp_id": pa.array(np.arange(n)),
+        "lead_id": pa.nulls(n, pa.string()), "segment": pa.array(np.full(n, "All")),
+        "win_start": pa.array(np.full(n, base - np.timedelta64(1, "D")), pa.timestamp("us", tz="UTC")),
+        "win_end": pa.array(np.full(n, base + np.timedelta64(30, "D")), pa.timestamp("us", tz="UTC")),
+        "creation_at": pa.array(np.full(n, base + np.timedelta64(30, "D")), pa.timestamp("us", tz="UTC")),
+        "converted": pa.array(converted), "cents": pa.array(cents),
+    })
+    del jid, pos, ch, t_at
+    con = ibis.duckdb.connect()
+    jp = J.journey_paths(ibis.memtable(jt), ibis.memtable(touches))
+    conv = jp.converted.cast("int64")
+    expr = jp.group_by(["segment", "path", "creation_index"]).agg(
+        journeys=jp.jid.count(), conversions=conv.sum(), nulls=(1 - conv).sum(), value_cents=(jp.cents * conv).sum())
+
+    def run():
+        return J.fetch_paths(expr, con)
+
+    return run
+
+
+def ca_markov(paths):
+    import ChannelAttribution as ca
+
+    return ca.markov_model(paths, "path", "conversions", var_value="value", var_null="nulls")
+
+
+def ca_heuristics(paths):
+    import ChannelAttribution as ca
+
+    return ca.heuristic_models(paths, "path", "conversions", var_value="value")
+
+
+def mam_markov(grouped):
+    import mam
+
+    m = mam.MAM(grouped, format_type="grouped_journey", channels_colname="path", journey_with_conv_colname="has_conv",
+                occurrences_colname="occ", conversion_value_colname="value")
+    return m.run_markov()
+
+
+def mam_heuristics(grouped):
+    import mam
+
+    m = mam.MAM(grouped, format_type="grouped_journey", channels_colname="path", journey_with_conv_colname="has_conv",
+                occurrences_colname="occ", conversion_value_colname="value")
+    return [m.run_first_click(), m.run_last_click(), m.run_linear()]
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def bench_paths(label: str, n_journeys: int, paths: pd.DataFrame, settings, rows: list, engine_run=None):
+    grouped = grouped_for_mam(paths)
+    res = {}
+    parsed = A.PathSet.from_frame(paths)
+    steps = [("kit markov (exact)", kit_markov, (paths,)),
+             ("kit markov solve (parsed paths)", kit_markov_solve, (parsed,)),
+             ("kit first+last+linear", kit_heuristics, (paths,)),
+             ("kit all models", kit_all, (paths, settings))]
+    if engine_run is not None:
+        steps.append(("kit engine: journeys -> paths", engine_run, ()))
+    steps += [("CA markov_model (defaults)", ca_markov, (paths,)), ("CA heuristic_models", ca_heuristics, (paths,)),
+              ("mam markov (analytic)", mam_markov, (grouped,)), ("mam first+last+linear", mam_heuristics, (grouped,))]
+    repeat = 3 if n_journeys <= 100_000 else 1
+    for name, fn, args in steps:
+        try:
+            out, sec, mb = timed(fn, *args, repeat=repeat)
+        except Exception as exc:  # a peer failing at a size is reported, not fatal
+            print(f"  {name}: failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+            continue
+        res[name] = (sec, mb, out)
+        print(f"  {label:>10} {name:<32} {sec:9.3f} s", file=sys.stderr, flush=True)
+    kit_m = res.get("kit markov (exact)", (np.nan,))[0]
+    kit_s = res.get("kit markov solve (parsed paths)", (np.nan,))[0]
+    kit_h = res.get("kit first+last+linear", (np.nan,))[0]
+    for name, (sec, mb, _) in res.items():
+        ratio = solve = np.nan
+        if "markov" in name and not name.startswith("kit"):
+            ratio, solve = kit_m / sec, kit_s / sec
+        elif name.startswith(("CA heur", "mam first")):
+            ratio = kit_h / sec
+        rows.append({"journeys": label, "distinct paths": len(paths), "step": name, "seconds": sec,
+                     "journeys/s": n_journeys / sec if sec > 0 else np.nan, "peak MB": mb, "kit/peer": ratio,
+                     "kit solve/peer": solve})
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10000,1000000,10000000", help="journey counts, comma separated")
+    ap.add_argument("--no-engine", action="store_true", help="skip the Ibis/DuckDB journeys -> paths step")
+    ap.add_argument("--engine-max", type=int, default=10_000_000, help="largest size for the engine step")
+    ap.add_argument("--ca-data", default=None, help="ChannelAttribution's Data.csv (from its sdist) to time too")
+    args = ap.parse_args(argv)
+    settings = A.AttributionSettings.from_definitions(load_definitions())
+    rows: list[dict] = []
+    # warm-up: imports and first-call costs out of the timings
+    tiny = distinct_paths(*synthetic_journeys(2000, seed=1))
+    bench_paths("warm-up", 2000, tiny, settings, [])
+    if args.ca_data:
+        d = pd.read_csv(args.ca_data, sep=";")
+        paths = pd.DataFrame({"path": d["path"].str.replace(r"\s*>\s*", " > ", regex=True),
+                              "conversions": d["total_conversions"], "nulls": d["total_null"],
+                              "value": d["total_conversion_value"]})
+        paths["value_cents"] = np.rint(paths["value"] * 100).astype(np.int64)
+        n = int(paths["conversions"].sum() + paths["nulls"].sum())
+        res = bench_paths("CA Data.csv", n, paths, settings, rows)
+        _compare_markov(res, "CA Data.csv")
+    for n in [int(s) for s in args.sizes.split(",") if s]:
+        t0 = time.perf_counter()
+        data = synthetic_journeys(n)
+        paths = distinct_paths(*data)
+        agg = time.perf_counter() - t0
+        print(f"{n:,} journeys -> {len(paths):,} distinct paths (generated + aggregated in {agg:.1f} s)",
+              file=sys.stderr, flush=True)
+        engine = None if args.no_engine or n > args.engine_max else kit_engine(*data)
+        del data
+        res = bench_paths(f"{n:,}", n, paths, settings, rows, engine)
+        _compare_markov(res, f"{n:,}")
+        del res, paths, engine
+        gc.collect()
+    table = pd.DataFrame(rows)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 200):
+        print(table.to_string(index=False, formatters={
+            "seconds": "{:.3f}".format, "journeys/s": "{:,.0f}".format, "peak MB": "{:,.0f}".format,
+            "kit/peer": lambda v: "" if pd.isna(v) else f"{v:.3f}",
+            "kit solve/peer": lambda v: "" if pd.isna(v) else f"{v:.3f}", "distinct paths": "{:,}".format}))
+    return 0
+
+
+def _compare_markov(res: dict, label: str) -> None:
+    """Print how far the peers' Markov removal effects are from the kit's exact ones (not timed)."""
+    if "kit markov (exact)" not in res:
+        return
+    kit = res["kit markov (exact)"][2].frame().set_index("channel")["removal_effect"]
+    kit = kit / kit.sum()
+    msg = [f"  {label}: max |normalised removal effect - kit exact|:"]
+    if "CA markov_model (defaults)" in res:
+        ca = res["CA markov_model (defaults)"][2]
+        ca = ca["result"] if isinstance(ca, dict) else ca
+        s = ca.set_index("channel_name")["total_conversions"]
+        msg.append(f"CA {np.abs(s / s.sum() - kit.reindex(s.index)).max():.2e}")
+    if "mam markov (analytic)" in res:
+        re = res["mam markov (analytic)"][2].metadata["removal_effect"]["removal_effect"]
+        re.index = re.index.astype(str)
+        msg.append(f"mam {np.abs(re / re.sum() - kit.reindex(re.index)).max():.2e}")
+    print(" ".join(msg), file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
