@@ -614,7 +614,7 @@ def test_notebook_parameters_and_shape():
 
 
 def execute(tmp_path: Path, data_dir: Path, period: str) -> pd.DataFrame:
-    papermill = pytest.importorskip("papermill")
+    import papermill
     out = tmp_path / f"rep-{period}"
     papermill.execute_notebook(
         str(NOTEBOOK),

@@ -42,6 +42,7 @@ CADENCES: dict[str, tuple[str, ...]] = {
         BRIEF,
         "02_data_quality",
         "03_funnel_conversion",
+        "07_attribution",
         "08_pipeline_plan",
     ),
     "weekly": (BRIEF, "09_pipeline_operations", "02_data_quality"),
