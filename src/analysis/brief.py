@@ -29,6 +29,9 @@ METRIC_LABELS = {
     "theme_share": "share of losses",
     "competitor_loss_share": "share of losses",
     "mql_aging_72h_share": "MQLs untouched beyond 72 h",
+    "pipeline_coverage": "pipeline coverage",
+    "forecast_accuracy": "forecast accuracy (actual ÷ committed)",
+    "loop_closure_rate": "closed-lost loop closure",
     "days_to_close_median": "median days to close",
     "win_rate_with_marketing": "win rate with marketing touches",
 }
@@ -177,46 +180,49 @@ def marketing_actions(path: str | Path) -> tuple[str, bool]:
     )
 
 
+SCORECARD_COLUMNS = ["measure", "value", "previous", "trend", "threshold", "status", "period"]
+
+
 def scorecard(metrics: pd.DataFrame, definitions: Definitions, period_months: list[str]) -> pd.DataFrame:
-    """The alignment scorecard: each measure's latest value against its governed threshold."""
+    """The alignment scorecard: each measure's latest value and the one before, against its governed threshold."""
     thresholds = definitions["scorecard"]["thresholds"]
-    sources = {
-        "pipeline_coverage": ("pipeline_coverage", "{}"),
-        "mql_to_sql_rate": ("mql_to_sql_rate", "{}"),
-        "sla_adherence": ("sla_adherence", "{}"),
-        "forecast_accuracy": ("forecast_accuracy", "{}"),
-        "loop_closure_rate": ("loop_closure_rate", "{}"),
-    }
     rows = []
-    for key, (metric, dimensions) in sources.items():
-        rule = thresholds[key]
-        m = metrics[(metrics["metric"] == metric) & (metrics["dimensions"] == dimensions) & (metrics["flag"] == "")]
-        m = m[m["period"] <= max(period_months)] if period_months else m
+    for key, rule in thresholds.items():
+        m = metrics[(metrics["metric"] == key) & (metrics["dimensions"] == "{}") & (metrics["flag"] == "")]
+        m = m[m["period"].str.match(r"^\d{4}-\d{2}$")]  # monthly values: comparable across cadences
+        if period_months:
+            m = m[m["period"] <= max(period_months)]
+        m = m.drop_duplicates("period", keep="first").sort_values("period")
+        shown = (lambda v: f"{v:.2f}x") if rule.get("unit") == "x" else _pct
         if m.empty:
             rows.append(
                 {
-                    "measure": _capital(label(metric)),
+                    "measure": _capital(label(key)),
                     "value": "not measured",
+                    "previous": "",
+                    "trend": "",
                     "threshold": _threshold_text(rule),
                     "status": "n/a",
                     "period": "",
                 }
             )
             continue
-        latest = m.sort_values("period").iloc[-1]
+        latest = m.iloc[-1]
         value = float(latest["value"])
-        ok = _meets(value, rule)
-        shown = f"{value:.2f}x" if rule.get("unit") == "x" else _pct(value)
+        previous = float(m.iloc[-2]["value"]) if len(m) > 1 else float("nan")
+        trend = "" if previous != previous else ("▲" if value > previous else "▼" if value < previous else "=")
         rows.append(
             {
-                "measure": _capital(label(metric)),
-                "value": shown,
+                "measure": _capital(label(key)),
+                "value": shown(value),
+                "previous": "" if previous != previous else shown(previous),
+                "trend": trend,
                 "threshold": _threshold_text(rule),
-                "status": "on track" if ok else "off track",
+                "status": "on track" if _meets(value, rule) else "off track",
                 "period": latest["period"],
             }
         )
-    return pd.DataFrame(rows, columns=["measure", "value", "threshold", "status", "period"])
+    return pd.DataFrame(rows, columns=SCORECARD_COLUMNS)
 
 
 def _capital(text: str) -> str:
@@ -320,11 +326,10 @@ def brief_html(
     else:
         parts.append(f'<div class="kit-warning">{e(text)}</div>')
     parts.append("<h2>Alignment scorecard</h2>")
-    parts.append(
-        table_html(scorecard(metrics, definitions, period_months)).replace(
-            'class="dataframe kit-table"', 'class="dataframe kit-table kit-scorecard"'
-        )
-    )
+    card = table_html(scorecard(metrics, definitions, period_months))
+    card = card.replace('class="dataframe kit-table"', 'class="dataframe kit-table kit-scorecard"')
+    card = card.replace("<td>on track</td>", '<td class="kit-ok">on track</td>')
+    parts.append(card.replace("<td>off track</td>", '<td class="kit-off">off track</td>'))
     parts.append("</div>")
     return "\n".join(parts)
 
