@@ -130,8 +130,11 @@ def test_decomposition_sums_to_the_overall_change(data):
     b = sub[sub["month"].isin(base)]
     r0 = b["converted"].sum() / b["entered"].sum()
     seg = metrics[metrics["method"] == "midpoint_decomposition_by_segment"]
-    total = seg[seg["metric"].isin(["mql_to_sql_rate_mix_effect", "mql_to_sql_rate_rate_effect"])]["value"].sum()
-    assert total == pytest.approx(r1 - r0, abs=1e-12)
+    seg = seg[seg["metric"].isin(["mql_to_sql_rate_mix_effect", "mql_to_sql_rate_rate_effect"])]
+    per_group, totals = seg[seg["dimensions"] != "{}"], seg[seg["dimensions"] == "{}"]
+    assert per_group["value"].sum() == pytest.approx(r1 - r0, abs=1e-12)
+    assert totals["value"].sum() == pytest.approx(r1 - r0, abs=1e-12)
+    assert len(totals) == 2
 
 
 def test_trend_slope_matches_statsmodels_glm(data):

@@ -136,16 +136,17 @@ def cause_sentences(row: pd.Series, metrics: pd.DataFrame, moved: pd.DataFrame) 
     # Mix vs rate decomposition (only meaningful for the total or an origin cut, by segment).
     if not d:
         for by in ("segment", "origin"):
-            rate = same_month[same_month["metric"] == f"{base}_rate_effect"]
-            mix = same_month[same_month["metric"] == f"{base}_mix_effect"]
-            rate = rate[rate["method"].str.endswith(f"_by_{by}")]
-            mix = mix[mix["method"].str.endswith(f"_by_{by}")]
-            if rate.empty:
+            cut = same_month[same_month["method"] == f"midpoint_decomposition_by_{by}"]
+            totals = cut[cut["dimensions"] == "{}"]
+            rate = cut[(cut["metric"] == f"{base}_rate_effect") & (cut["dimensions"] != "{}")]
+            rate_total = totals[totals["metric"] == f"{base}_rate_effect"]
+            mix_total = totals[totals["metric"] == f"{base}_mix_effect"]
+            if rate.empty or rate_total.empty or mix_total.empty:
                 continue
             top = rate.iloc[rate["value"].abs().argmax()]
             out.append(
-                f"By {by}: rate changes account for {_pts(rate['value'].sum())} and mix shifts for "
-                f"{_pts(mix['value'].sum())}; the largest rate effect is {scope(top['dimensions'])} "
+                f"By {by}: rate changes account for {_pts(rate_total['value'].iloc[0])} and mix shifts for "
+                f"{_pts(mix_total['value'].iloc[0])}; the largest rate effect is {scope(top['dimensions'])} "
                 f"({_pts(top['value'])})."
             )
     # Which sub-stage carries a multi-stage move (e.g. MQL→SQL = MQL→SAL then SAL→SQL).

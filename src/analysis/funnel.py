@@ -384,6 +384,17 @@ def decomposition(counts: pd.DataFrame, definitions: Definitions, last_month: st
                             "method": f"midpoint_decomposition_by_{by}",
                         }
                     )
+            for effect in ("mix_effect", "rate_effect"):  # the totals the brief quotes
+                rows.append(
+                    {
+                        "metric": f"{pair.key}_rate_{effect}",
+                        "dimensions": dims(),
+                        "period": month,
+                        "value": float(dec[effect].sum()),
+                        "unit": "share_points",
+                        "method": f"midpoint_decomposition_by_{by}",
+                    }
+                )
     out = pd.DataFrame(rows)
     if out.empty:
         return normalise(out)
@@ -519,7 +530,10 @@ def decomposition_table(metrics: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for pair in STAGE_PAIRS:
         sub = metrics[metrics["method"] == "midpoint_decomposition_by_segment"]
-        mix = sub[sub["metric"] == f"{pair.key}_rate_mix_effect"]
+        totals = sub[sub["dimensions"] == "{}"]
+        sub = sub[sub["dimensions"] != "{}"]
+        mix = totals[totals["metric"] == f"{pair.key}_rate_mix_effect"]
+        rate_total = totals[totals["metric"] == f"{pair.key}_rate_rate_effect"]
         rate = sub[sub["metric"] == f"{pair.key}_rate_rate_effect"]
         if rate.empty:
             continue
@@ -528,9 +542,9 @@ def decomposition_table(metrics: pd.DataFrame) -> pd.DataFrame:
             {
                 "stage": pair.label,
                 "cohort month": top["period"],
-                "total change (pts)": (mix["value"].sum() + rate["value"].sum()) * 100,
+                "total change (pts)": (mix["value"].sum() + rate_total["value"].sum()) * 100,
                 "mix effect (pts)": mix["value"].sum() * 100,
-                "rate effect (pts)": rate["value"].sum() * 100,
+                "rate effect (pts)": rate_total["value"].sum() * 100,
                 "largest rate effect": parse_dims(top["dimensions"]).get("segment", ""),
                 "its size (pts)": top["value"] * 100,
             }
