@@ -575,7 +575,7 @@ def test_metrics_contract_for_the_brief(monthly):
     coverage = lookup(m, "pipeline_coverage", "2026-10")["value"]
     assert card.loc["pipeline coverage", "period"] == "2026-10"
     assert card.loc["pipeline coverage", "value"] == f"{coverage:.2f}x"
-    assert card.loc["forecast accuracy", "period"] == "2026-10"
+    assert card.loc["forecast accuracy (actual ÷ committed)", "period"] == "2026-10"
 
 
 def test_charts_and_tables_render(monthly, quarterly):

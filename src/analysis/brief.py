@@ -38,11 +38,48 @@ METRIC_LABELS = {
 
 SHARE_UNITS = {"share", "share_points"}
 
+# How a move on a metric reads, with its dimensions filled in ({segment}, {reason} ...).
+MOVE_PHRASES = {
+    "rejection_reason_share": "“{reason}” share of MQL rejections",
+    "theme_share": "{theme} share of losses",
+    "competitor_loss_share": "share of losses to {competitor}",
+    "sla_adherence": "{region} SLA adherence (first touch in time)",
+    "early_close_rate": "{segment} share of deals closing within 14 days",
+}
+
+# Shares of one whole (reasons of a rejection, themes of a loss): when one rises the others fall with it.
+COMPOSITIONS = {"rejection_reason_share", "theme_share", "competitor_loss_share"}
+
+# Which pack section (notebook anchor) a metrics section is shown in.
+SECTION_ANCHORS = {
+    "data_quality": ("02-data-quality", "Data quality"),
+    "funnel": ("03-funnel-conversion", "Funnel conversion trends"),
+    "velocity": ("04-velocity", "Velocity"),
+    "handoff": ("05-handoff-sla", "Handoff and SLA"),
+    "closed_lost": ("06-closed-lost", "Closed-lost themes"),
+    "attribution": ("07-attribution", "Attribution"),
+    "plan": ("08-pipeline-plan", "Pipeline plan"),
+    "operations": ("09-pipeline-operations", "Pipeline operations"),
+}
+
 
 def label(metric: str) -> str:
     """People's name for a metric (its '_change' suffix removed)."""
     base = metric.removesuffix("_change")
     return METRIC_LABELS.get(base, base.replace("_", " "))
+
+
+def subject(metric: str, dimensions: str) -> str:
+    """What moved, in users' words: 'Enterprise MQL→SQL conversion', '“budget not confirmed” share of ...'."""
+    base = metric.removesuffix("_change")
+    d = {k: str(v).replace("_", " ") for k, v in parse_dims(dimensions).items()}
+    template = MOVE_PHRASES.get(base)
+    if template:
+        try:
+            return _capital(template.format(**d).strip())
+        except KeyError:
+            pass
+    return _capital(f"{scope(dimensions)} {label(metric)}".strip())
 
 
 def scope(dimensions: str) -> str:
@@ -56,11 +93,16 @@ def scope(dimensions: str) -> str:
 
 
 def moves(metrics: pd.DataFrame, definitions: Definitions) -> pd.DataFrame:
-    """The tested changes that moved (q < alpha and beyond the practical effect), largest money impact first."""
+    """The tested changes that moved (q < alpha and beyond the practical effect), largest money impact first.
+
+    Within a composition (shares of one whole), a share that moved against the largest move of its metric and
+    period is that move's mechanical counterpart: it is marked `offset_of` (the leader's dimensions) and shown
+    under What caused it rather than as a move of its own.
+    """
     s = definitions.stats
     tests = metrics[metrics["metric"].str.endswith("_change") & metrics["p_value"].notna()].copy()
     if tests.empty:
-        return tests
+        return tests.assign(offset_of=pd.Series(dtype=str))
     moved = is_move(
         tests["q_value"].to_numpy(),
         tests["value"].to_numpy(),
@@ -70,6 +112,13 @@ def moves(metrics: pd.DataFrame, definitions: Definitions) -> pd.DataFrame:
         min_relative_effect=float(s.get("min_relative_effect", 0.0)),
     )
     out = tests[moved].copy()
+    out["offset_of"] = ""
+    for (metric, _period), group in out.groupby(["metric", "period"], sort=True):
+        if metric.removesuffix("_change") not in COMPOSITIONS or len(group) < 2:
+            continue
+        leader = group.iloc[group["value"].abs().argmax()]
+        against = group.index[(group["value"] * leader["value"]) < 0]
+        out.loc[against, "offset_of"] = leader["dimensions"]
     out["abs_impact"] = out["impact"].abs().fillna(-1.0)
     out = out.sort_values(
         ["abs_impact", "q_value", "section", "metric", "dimensions"],
@@ -79,12 +128,17 @@ def moves(metrics: pd.DataFrame, definitions: Definitions) -> pd.DataFrame:
     return out.drop(columns="abs_impact").reset_index(drop=True)
 
 
+def headline_moves(moved: pd.DataFrame) -> pd.DataFrame:
+    """The moves leadership reads: offsets of a composition left out (they appear as causes)."""
+    return moved[moved["offset_of"] == ""] if "offset_of" in moved else moved
+
+
 def _pct(x: float) -> str:
     return f"{x * 100:.1f}%"
 
 
 def _pts(x: float) -> str:
-    return f"{x * 100:+.1f} pts"
+    return f"{x * 100:+.1f} pts".replace("-", "−")
 
 
 def _q(q: float) -> str:
@@ -106,34 +160,32 @@ def money(x: float) -> str:
 
 def move_sentence(row: pd.Series, baseline_months: int) -> str:
     """One plain-English sentence for a move, with the number, its interval and the comparison."""
-    who = scope(row["dimensions"])
-    what = f"{who} {label(row['metric'])}".strip()
-    what = what[0].upper() + what[1:]
+    what = subject(row["metric"], row["dimensions"])
     change, base = float(row["value"]), float(row["baseline"])
     direction = "fell" if change < 0 else "rose"
     if row["unit"] in SHARE_UNITS:
         text = (
-            f"{what} {direction} to {_pct(base + change)} in {row['period']} from {_pct(base)} over the previous "
-            f"{baseline_months} months ({_pts(change)}, 95% CI {_pts(row['ci_low'])} to {_pts(row['ci_high'])}; "
+            f"{what} {direction} from {_pct(base)} to {_pct(base + change)} in {row['period']} "
+            f"({_pts(change)}; 95% CI {_pts(row['ci_low']).removesuffix(' pts')} to {_pts(row['ci_high'])}; "
             f"{_q(row['q_value'])}; n = {int(row['n']):,})."
         )
     else:
         text = (
-            f"{what} {direction} to {base + change:,.1f} in {row['period']} from {base:,.1f} "
-            f"({change:+,.1f}, 95% CI {row['ci_low']:+,.1f} to {row['ci_high']:+,.1f}; {_q(row['q_value'])})."
+            f"{what} {direction} from {base:,.1f} to {base + change:,.1f} in {row['period']} "
+            f"({change:+,.1f}; 95% CI {row['ci_low']:+,.1f} to {row['ci_high']:+,.1f}; {_q(row['q_value'])})."
         )
     if row["impact"] == row["impact"]:
-        text += f" Pipeline impact about {money(float(row['impact']))}."
+        text += f" About {money(float(row['impact']))} of pipeline."
     return text
 
 
-def cause_sentences(row: pd.Series, metrics: pd.DataFrame, moved: pd.DataFrame) -> list[str]:
-    """Evidence the sections found for one move: decomposition, the sub-stage that moved, related spikes."""
+def cause_sentences(row: pd.Series, metrics: pd.DataFrame, moved: pd.DataFrame, definitions: Definitions) -> list[str]:
+    """Evidence the sections found for one move: decomposition, the sub-stage, concentration, offsets, related moves."""
     out: list[str] = []
     base = row["metric"].removesuffix("_change")
     d = parse_dims(row["dimensions"])
     same_month = metrics[metrics["period"] == row["period"]]
-    # Mix vs rate decomposition (only meaningful for the total or an origin cut, by segment).
+    # Mix vs rate decomposition of a total (funnel).
     if not d:
         for by in ("segment", "origin"):
             cut = same_month[same_month["method"] == f"midpoint_decomposition_by_{by}"]
@@ -145,29 +197,75 @@ def cause_sentences(row: pd.Series, metrics: pd.DataFrame, moved: pd.DataFrame) 
                 continue
             top = rate.iloc[rate["value"].abs().argmax()]
             out.append(
-                f"By {by}: rate changes account for {_pts(rate_total['value'].iloc[0])} and mix shifts for "
+                f"By {by}: rates within {by}s account for {_pts(rate_total['value'].iloc[0])}, mix shifts for "
                 f"{_pts(mix_total['value'].iloc[0])}; the largest rate effect is {scope(top['dimensions'])} "
                 f"({_pts(top['value'])})."
             )
-    # Which sub-stage carries a multi-stage move (e.g. MQL→SQL = MQL→SAL then SAL→SQL).
+    # Which hand-off carries a two-step move (MQL→SQL = MQL→SAL then SAL→SQL).
     if base == "mql_to_sql_rate":
+        subs = []
         for sub in ("mql_to_sal_rate_change", "sal_to_sql_rate_change"):
             hit = moved[(moved["metric"] == sub) & (moved["dimensions"] == row["dimensions"])]
             if not hit.empty:
-                h = hit.iloc[0]
-                out.append(
-                    f"The change sits in {label(sub)} ({_pts(h['value'])} in {h['period']}), "
-                    "so look at that hand-off first."
-                )
-        if not out or all(not s.startswith("The change sits") for s in out):
-            out.append("Neither hand-off (MQL→SAL, SAL→SQL) moved on its own: the drop is spread across both.")
-    # Related moves in the other sections for the same scope (e.g. an SLA surge in the same region).
+                subs.append(f"{label(sub)} ({_pts(hit.iloc[0]['value'])})")
+        if subs:
+            out.append(f"The drop sits in {' and '.join(subs)}: look at that hand-off first.")
+        else:
+            out.append("Neither hand-off (MQL→SAL, SAL→SQL) moved on its own: the change is spread across both.")
+    # Concentration: did the same metric move for the other values of this dimension?
+    if len(d) == 1:
+        ((key, value),) = d.items()
+        peers = metrics[
+            (metrics["metric"] == row["metric"])
+            & (metrics["period"] == row["period"])
+            & (metrics["section"] == row["section"])
+        ]
+        peers = peers[[parse_dims(x).keys() == {key} and parse_dims(x)[key] != value for x in peers["dimensions"]]]
+        peers = peers[peers["p_value"].notna()]
+        if not peers.empty:
+            others_moved = moved[
+                (moved["metric"] == row["metric"])
+                & (moved["period"] == row["period"])
+                & (moved["dimensions"].isin(peers["dimensions"]))
+                & (moved["offset_of"] == "")
+            ]
+            listed = ", ".join(
+                f"{scope(p.dimensions)} {_pts(p.value)}" for p in peers.itertuples() if p.unit in SHARE_UNITS
+            )
+            if others_moved.empty and base not in COMPOSITIONS and listed:
+                out.append(f"Concentrated in {scope(row['dimensions'])}: no other {key} moved ({listed}).")
+    # Offsets of a composition: the shares that fell because this one rose.
+    offsets = moved[
+        (moved["metric"] == row["metric"])
+        & (moved["period"] == row["period"])
+        & (moved["offset_of"] == row["dimensions"])
+    ]
+    if not offsets.empty:
+        listed = ", ".join(f"{scope(o.dimensions)} {_pts(o.value)}" for o in offsets.itertuples())
+        out.append(f"A composition shift: the rise came at the expense of {listed}.")
+    # Moves in the same section and period on another measure (e.g. a theme and a competitor rising together).
+    if row["section"] != "funnel":
+        along = moved[
+            (moved["section"] == row["section"])
+            & (moved["period"] == row["period"])
+            & (moved["metric"] != row["metric"])
+            & (moved["offset_of"] == "")
+        ]
+        for a in along.itertuples(index=False):
+            out.append(f"Moving with it: {subject(a.metric, a.dimensions)} ({_pts(a.value)}).")
+    # Related moves elsewhere in the pack for the same scope and period.
     related = moved[(moved["section"] != row["section"]) & (moved["period"] == row["period"])]
     for r in related.itertuples(index=False):
         rd = parse_dims(r.dimensions)
         if set(rd.items()) & set(d.items()):
-            out.append(f"Also in {r.period}: {scope(r.dimensions)} {label(r.metric)} moved {_pts(r.value)}.")
+            out.append(f"Also in {r.period}: {subject(r.metric, r.dimensions)} moved {_pts(r.value)}.")
     return out
+
+
+def section_link(section: str) -> str:
+    """An HTML link to the pack section that shows a metrics section ('' when unknown)."""
+    anchor, title = SECTION_ANCHORS.get(section, ("", ""))
+    return f' <a class="kit-see" href="#{anchor}">see {html.escape(title)}</a>' if anchor else ""
 
 
 def marketing_actions(path: str | Path) -> tuple[str, bool]:
@@ -246,28 +344,43 @@ def _threshold_text(rule: dict) -> str:
     return ""
 
 
-def plan_sentences(metrics: pd.DataFrame, period: str) -> list[str]:
+def plan_sentences(metrics: pd.DataFrame, period: str, definitions: Definitions | None = None) -> list[str]:
     """What the period means for plan, from the pipeline-plan section's metrics (empty when absent)."""
+    thresholds = definitions["scorecard"]["thresholds"] if definitions is not None else {}
+    band = float(thresholds.get("forecast_accuracy", {}).get("band", 0.10))
+    cover_min = thresholds.get("pipeline_coverage", {}).get("min")
     out = []
     plan = metrics[metrics["section"] == "plan"]
     gap = plan[(plan["metric"] == "pipeline_gap") & (plan["dimensions"] == "{}")]
     if not gap.empty:
         g = gap.sort_values("period").iloc[-1]
-        out.append(
+        text = (
             f"Pipeline created is {money(abs(g['value']))} {'short of' if g['value'] < 0 else 'ahead of'} "
             f"what the contribution model needs for {g['period']}."
         )
+        by_origin = plan[
+            (plan["metric"] == "pipeline_gap") & (plan["period"] == g["period"]) & (plan["dimensions"] != "{}")
+        ]
+        if not by_origin.empty:
+            listed = ", ".join(f"{scope(o.dimensions)} {money(o.value)}" for o in by_origin.itertuples())
+            text += f" By origin: {listed}."
+        out.append(text)
     cov = plan[(plan["metric"] == "pipeline_coverage") & (plan["dimensions"] == "{}")]
     if not cov.empty:
         c = cov.sort_values("period").iloc[-1]
-        out.append(f"Coverage is {c['value']:.2f}x open pipeline to quota ({c['period']}).")
+        text = f"Coverage is {c['value']:.2f}x open pipeline to quota ({c['period']})"
+        if cover_min is not None:
+            text += (
+                f", {'below' if c['value'] < float(cover_min) else 'at or above'} the {float(cover_min):.2f}x threshold"
+            )
+        out.append(text + ".")
     acc = plan[(plan["metric"] == "forecast_accuracy") & (plan["dimensions"] == "{}")]
     if not acc.empty:
         a = acc.sort_values("period").iloc[-1]
-        inside = abs(a["value"] - 1) <= 0.10
+        inside = abs(a["value"] - 1) <= band + 1e-9
         out.append(
             f"Forecast accuracy {a['value']:.0%} of committed ({a['period']}): "
-            f"{'inside' if inside else 'outside'} the ±10% band."
+            f"{'inside' if inside else 'outside'} the ±{band:.0%} band."
         )
     return out
 
@@ -287,14 +400,20 @@ def brief_html(
     e = html.escape
     parts = ['<div class="kit-brief">']
     parts.append("<h2>What moved</h2>")
-    if moved.empty:
+    headline = headline_moves(moved)
+    if headline.empty:
         parts.append(
             "<p>Nothing moved beyond noise: no tested change passed the false-discovery control "
             f"(q &lt; {definitions.stats['alpha']}) and the minimum practical effect.</p>"
         )
     else:
+        n_tests = int(metrics["p_value"].notna().sum())
+        parts.append(
+            f'<p class="kit-lede">Each change is against the previous {k} months pooled; q is the p-value adjusted '
+            f"for false discoveries across all {n_tests} tests in this pack.</p>"
+        )
         parts.append("<ul>")
-        for _, r in moved.iterrows():
+        for _, r in headline.iterrows():
             cls = "kit-moved-down" if r["value"] < 0 else "kit-moved-up"
             parts.append(
                 f'<li><span class="{cls}">{"▼" if r["value"] < 0 else "▲"}</span> {e(move_sentence(r, k))}</li>'
@@ -302,19 +421,23 @@ def brief_html(
         parts.append("</ul>")
     parts.append("<h2>What caused it</h2>")
     causes = []
-    for _, r in moved.iterrows():
-        for sentence in cause_sentences(r, metrics, moved):
+    for _, r in headline.iterrows():
+        found = cause_sentences(r, metrics, moved, definitions)
+        if found:
             causes.append(
-                f"<li><b>{e(scope(r['dimensions']) or 'All')} {e(label(r['metric']))}:</b> {e(sentence)}</li>"
+                f"<li><b>{e(subject(r['metric'], r['dimensions']))}:</b> {e(' '.join(found))}"
+                f"{section_link(r['section'])}</li>"
             )
     parts.append("<ul>" + "".join(causes) + "</ul>" if causes else "<p>No moves to explain this period.</p>")
+    parts.append('<div class="kit-brief-grid"><div>')
     parts.append("<h2>What it means for plan</h2>")
-    plan = plan_sentences(metrics, period_label)
+    plan = plan_sentences(metrics, period_label, definitions)
     parts.append(
         "<ul>" + "".join(f"<li>{e(s)}</li>" for s in plan) + "</ul>"
         if plan
         else "<p>No pipeline plan in this pack (targets not provided or plan section not in this cadence).</p>"
     )
+    parts.append("</div><div>")
     parts.append("<h2>What marketing is doing</h2>")
     text, provided = marketing_actions(actions_path)
     if provided:
@@ -326,6 +449,7 @@ def brief_html(
         parts.append(f'<div class="kit-actions">{markdown2html(e(body, quote=False))}</div>')
     else:
         parts.append(f'<div class="kit-warning">{e(text)}</div>')
+    parts.append("</div></div>")
     parts.append("<h2>Alignment scorecard</h2>")
     card = table_html(scorecard(metrics, definitions, period_months))
     card = card.replace('class="dataframe kit-table"', 'class="dataframe kit-table kit-scorecard"')
