@@ -18,30 +18,66 @@ DEFAULT_ENGINE = "duckdb"
 
 
 def connect(engine: str | None = None) -> ibis.BaseBackend:
-    """A backend for `engine`: 'duckdb' (embedded, default), 'pyspark' (local Spark) or an Ibis URL."""
+    """A backend for `engine`: 'duckdb' (embedded, default), 'pyspark' (Spark) or an Ibis URL.
+
+    The setting comes from `engine`, else FUNNEL_KIT_ENGINE, else 'duckdb'. Settings that matter:
+    * duckdb: FUNNEL_KIT_DUCKDB_MEMORY_LIMIT (e.g. '16GB'; DuckDB's default is 80% of RAM) and
+      FUNNEL_KIT_DUCKDB_TEMP_DIR (where larger-than-memory joins and sorts spill); FUNNEL_KIT_DUCKDB_THREADS.
+    * pyspark: an active SparkSession is reused (spark-submit, a notebook on a cluster); otherwise one is built
+      with master FUNNEL_KIT_SPARK_MASTER (default 'local[2]'; e.g. 'spark://host:7077', 'yarn'). The session
+      time zone is always set to UTC (the canonical timestamps are UTC instants).
+    * anything else is handed to `ibis.connect` (e.g. 'postgres://user@host/db', 'snowflake://...').
+    """
     engine = engine or os.environ.get("FUNNEL_KIT_ENGINE", DEFAULT_ENGINE)
     if engine == "duckdb":
         con = ibis.duckdb.connect()
         # Deterministic results regardless of thread scheduling where DuckDB offers it.
         con.raw_sql("SET preserve_insertion_order = true")
+        settings = {
+            "memory_limit": os.environ.get("FUNNEL_KIT_DUCKDB_MEMORY_LIMIT"),
+            "temp_directory": os.environ.get("FUNNEL_KIT_DUCKDB_TEMP_DIR"),
+            "threads": os.environ.get("FUNNEL_KIT_DUCKDB_THREADS"),
+        }
+        for key, value in settings.items():
+            if value:
+                con.raw_sql(f"SET {key} = '{value}'")
         return con
     if engine == "pyspark":
         from pyspark.sql import SparkSession
 
-        session = (
-            SparkSession.builder.master("local[2]")
-            .config("spark.sql.session.timeZone", "UTC")
-            .config("spark.ui.enabled", "false")
-            .getOrCreate()
-        )
+        session = SparkSession.getActiveSession()
+        if session is None:
+            master = os.environ.get("FUNNEL_KIT_SPARK_MASTER", "local[2]")
+            builder = SparkSession.builder.master(master).appName("revenue-funnel-kit")
+            if master.startswith("local"):
+                # One machine: a few shuffle partitions instead of 200 (each a task), no web UI.
+                builder = builder.config("spark.sql.shuffle.partitions", "4").config("spark.ui.enabled", "false")
+            session = builder.getOrCreate()
+        session.conf.set("spark.sql.session.timeZone", "UTC")
         return ibis.pyspark.connect(session)
     return ibis.connect(engine)
 
 
-def load_tables(con: ibis.BaseBackend, processed_dir: str | Path) -> dict[str, ibis.Table]:
-    """The canonical tables present in `processed_dir`, registered on `con`, by name."""
+def load_tables(con: ibis.BaseBackend, processed_dir: str | Path, source: str | None = None) -> dict[str, ibis.Table]:
+    """The canonical tables, registered on `con`, by name.
+
+    source 'parquet' (default): `<processed_dir>/<table>.parquet` read by the engine (on a cluster the folder must
+    be on storage every executor sees). source 'engine' (or FUNNEL_KIT_TABLES=engine): the tables already live in
+    the engine's database under their canonical names (a warehouse loaded from data/processed); only the ingest
+    manifest is read from `processed_dir`.
+    """
+    source = source or os.environ.get("FUNNEL_KIT_TABLES", "parquet")
     processed = Path(processed_dir)
     tables: dict[str, ibis.Table] = {}
+    if source == "engine":
+        for name in TABLES:
+            try:  # not list_tables(): with ibis 12 + duckdb 2.0 it calls a removed DuckDB method
+                tables[name] = con.table(name)
+            except Exception:  # noqa: BLE001  (each backend raises its own "no such table")
+                continue
+        return tables
+    if source != "parquet":
+        raise ValueError(f"tables source must be 'parquet' or 'engine', not {source!r}")
     for name in TABLES:
         path = processed / f"{name}.parquet"
         if path.exists():
