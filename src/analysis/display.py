@@ -42,6 +42,15 @@ def show_text(text: str) -> None:
     display(HTML(f'<p class="kit-text">{escape(text)}</p>'))
 
 
-def show_chart(fig) -> None:
-    """Display a matplotlib figure as a compact, deterministic PNG."""
-    display(Image(data=png_bytes(fig), format="png"))
+def chart_title(fig) -> str:
+    """A figure's title for its alternative text: the suptitle, else the axes titles joined."""
+    if fig._suptitle is not None and fig._suptitle.get_text():
+        return fig._suptitle.get_text()
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    return "; ".join(titles) or "chart"
+
+
+def show_chart(fig, alt: str | None = None) -> None:
+    """Display a matplotlib figure as a compact, deterministic PNG with alternative text (its title by default)."""
+    text = alt or chart_title(fig)
+    display(Image(data=png_bytes(fig), format="png", alt=text))
