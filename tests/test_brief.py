@@ -146,7 +146,8 @@ def _formats(v: float) -> set[str]:
 
 def _brief_text(pack) -> str:
     page = (pack / "board_pack.html").read_text()
-    section = page[page.index('id="01-executive-brief"') : page.index('id="02-data-quality"')]
+    start = page.index(">", page.index('id="01-executive-brief"')) + 1
+    section = page[start : page.index('id="02-data-quality"')]
     section = section.split("What marketing is doing")[0] + section.split("Alignment scorecard")[1]  # analyst text out
     return htmllib.unescape(re.sub(r"<[^>]+>", " ", section))
 
