@@ -188,6 +188,14 @@ def _decode(raw: bytes, shown: str, opts: CsvOptions) -> str:
         hint = "" if opts.encoding_declared else "; declare the file's encoding in the mapping (csv: {encoding: ...})"
         _fail(shown, f"not valid {opts.encoding} text (byte 0x{raw[exc.start]:02x}){hint}", rule="encoding",
               column=column, row=line)
+    nul = text.find("\x00")
+    if nul >= 0:  # valid UTF-8, but not text: UTF-16 without a byte order mark, a binary file, a damaged export
+        line = text.count("\n", 0, nul) + 1
+        header = text.split("\n", 1)[0].lstrip("\ufeff").split(opts.delimiter)
+        idx = text[text.rfind("\n", 0, nul) + 1 : nul].count(opts.delimiter)
+        column = header[idx].strip().strip(opts.quote) if line > 1 and idx < len(header) else None
+        _fail(shown, "NUL byte (0x00) in the text: the file is binary, UTF-16 or damaged, not a "
+              f"{opts.encoding} CSV export", rule="encoding", column=column, row=line)
     return text[1:] if text.startswith("\ufeff") else text
 
 
