@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,19 +159,53 @@ def _record_starts(data: bytes, quote: str, multi_column: bool) -> np.ndarray:
     return np.searchsorted(nl, starts) + 1
 
 
+def _parse_records(text: str, opts: CsvOptions) -> list[list[str]]:
+    return list(_csv.reader(io.StringIO(text, newline=""), delimiter=opts.delimiter, quotechar=opts.quote or None,
+                            quoting=_csv.QUOTE_MINIMAL if opts.quote else _csv.QUOTE_NONE))
+
+
+def _unclosed_quote(record: str, opts: CsvOptions) -> bool:
+    """True when the text of a file's last record ends inside a quoted field (its closing quote is missing).
+
+    CSV readers (Arrow's and Python's) silently take such a field to the end of the file, swallowing every record
+    after the opening quote into one value. A closing quote appended to an unclosed field only closes it (the
+    records parse the same); appended to anything else it adds a character or a record."""
+    if not opts.quote or opts.quote not in record:
+        return False
+    return _parse_records(record, opts) == _parse_records(record + opts.quote, opts)
+
+
+def _fail_unclosed(shown: str, line: int) -> None:
+    _fail(shown, "a quoted field on this record is never closed: it would swallow every later line of the file "
+          "(a missing closing quote)", rule="csv_format", row=line)
+
+
 def _slow_read(text: str, opts: CsvOptions, shown: str, ncols: int) -> tuple[list[list[str]], np.ndarray]:
     """Python csv module parse with exact line tracking: the fallback, and the locator of malformed records."""
-    reader = _csv.reader(io.StringIO(text, newline=""), delimiter=opts.delimiter, quotechar=opts.quote or None,
+    consumed: list[str] = []  # the physical lines of the record being read
+
+    def physical_lines() -> Iterator[str]:
+        for line in io.StringIO(text, newline=""):
+            consumed.append(line)
+            yield line
+
+    reader = _csv.reader(physical_lines(), delimiter=opts.delimiter, quotechar=opts.quote or None,
                          quoting=_csv.QUOTE_MINIMAL if opts.quote else _csv.QUOTE_NONE)
-    rows, lines, prev = [], [], 0
+    rows, lines, prev, record = [], [], 0, ""
     for rec in reader:
         start, prev = prev + 1, reader.line_num
+        record = "".join(consumed)
+        consumed.clear()
         if not rec or (ncols > 1 and len(rec) == 1 and not rec[0].strip()):
             continue
         if len(rec) != ncols:
+            if _unclosed_quote(record, opts):
+                _fail_unclosed(shown, start)
             _fail(shown, f"record has {len(rec)} fields, the header has {ncols}", rule="csv_format", row=start)
         rows.append(rec)
         lines.append(start)
+    if lines and _unclosed_quote(record, opts):
+        _fail_unclosed(shown, lines[-1])
     return rows, np.asarray(lines, dtype=np.int64)
 
 
@@ -236,6 +271,11 @@ def _read_csv(path: Path, rel: str, shown: str, raw: bytes, opts: CsvOptions) ->
         lines = _record_starts(data, opts.quote, ncols > 1)
         if len(lines) != table.num_rows:
             table = None
+        elif len(lines) and opts.quote:
+            nl = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+            last = int(nl[lines[-1] - 2]) + 1 if lines[-1] > 1 else 0
+            if _unclosed_quote(data[last:].decode("utf-8"), opts):
+                _fail_unclosed(shown, int(lines[-1]))
     except pa.ArrowInvalid:
         table = None
     if table is None:  # malformed record (located and reported here) or a quoting the scan cannot follow
