@@ -25,6 +25,27 @@ NOTEBOOKS_DIR = PROJ_ROOT / "notebooks"
 DEMO_SEED = 20251101
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML safe loader that refuses a key repeated in one mapping (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges, and explicit keys may override merged ones
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base constructor reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key '{key}'",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 @dataclass(frozen=True)
 class Definitions:
     """The governed definitions: the parsed YAML, its source text and its sha256."""
@@ -77,7 +98,7 @@ def load_definitions(path: str | Path | None = None) -> Definitions:
         raise DefinitionsError(f"cannot read definitions: {exc.strerror}", file=str(p)) from exc
     text = raw.decode("utf-8")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise DefinitionsError(

@@ -61,6 +61,7 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
+from analysis.config import UniqueKeyLoader
 from analysis.errors import MappingError
 from analysis.schema import TABLES, TS
 
@@ -189,8 +190,9 @@ class Mapping:
 # --------------------------------------------------------------------------------------------- loading
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false are booleans, so `on:`, `yes:` and `No:` stay text (keys and labels)."""
+class _Loader(UniqueKeyLoader):
+    """YAML 1.2 booleans: only true/false are booleans, so `on:`, `yes:` and `No:` stay text (keys and labels).
+    A key repeated in one mapping is an error (`yaml` rule, with its line), not silently the last one."""
 
 
 _Loader.yaml_implicit_resolvers = {
