@@ -159,6 +159,10 @@ def _record_starts(data: bytes, quote: str, multi_column: bool) -> np.ndarray:
     return np.searchsorted(nl, starts) + 1
 
 
+# Python's csv module refuses fields over 128 KiB by default; a CRM note can be megabytes long.
+_csv.field_size_limit(2**31 - 1)
+
+
 def _parse_records(text: str, opts: CsvOptions) -> list[list[str]]:
     return list(_csv.reader(io.StringIO(text, newline=""), delimiter=opts.delimiter, quotechar=opts.quote or None,
                             quoting=_csv.QUOTE_MINIMAL if opts.quote else _csv.QUOTE_NONE))
@@ -192,7 +196,13 @@ def _slow_read(text: str, opts: CsvOptions, shown: str, ncols: int) -> tuple[lis
     reader = _csv.reader(physical_lines(), delimiter=opts.delimiter, quotechar=opts.quote or None,
                          quoting=_csv.QUOTE_MINIMAL if opts.quote else _csv.QUOTE_NONE)
     rows, lines, prev, record = [], [], 0, ""
-    for rec in reader:
+    while True:
+        try:
+            rec = next(reader)
+        except StopIteration:
+            break
+        except _csv.Error as exc:
+            _fail(shown, f"unreadable CSV record: {exc}", rule="csv_format", row=prev + 1)
         start, prev = prev + 1, reader.line_num
         record = "".join(consumed)
         consumed.clear()
