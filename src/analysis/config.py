@@ -96,7 +96,15 @@ def load_definitions(path: str | Path | None = None) -> Definitions:
         raw = p.read_bytes()
     except OSError as exc:
         raise DefinitionsError(f"cannot read definitions: {exc.strerror}", file=str(p)) from exc
-    text = raw.decode("utf-8")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DefinitionsError(
+            f"not valid UTF-8 text (byte 0x{raw[exc.start]:02x})",
+            file=str(p),
+            row=raw.count(b"\n", 0, exc.start) + 1,
+            rule="encoding",
+        ) from None
     try:
         data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
