@@ -107,12 +107,17 @@ def cohort_counts(
         )
     out = pd.concat(frames, ignore_index=True)
     out["month"] = pd.to_datetime(out["month"]).dt.strftime("%Y-%m")
-    out["origin"] = [definitions.origin_of(c) for c in out["channel"]]
+    origins = {c: definitions.origin_of(c) for c in out["channel"].unique()}
+    out["origin"] = [origins[c] if c in origins else definitions.origin_of(c) for c in out["channel"]]
     out["entered"] = out["entered"].astype("int64")
     out["converted"] = out["converted"].fillna(0).astype("int64")
-    out["mature"] = [
-        month_end(m) + pd.Timedelta(days=int(w)) <= as_of for m, w in zip(out["month"], out["window_days"], strict=True)
-    ]
+    # One month_end per distinct (month, window), not per row: the count table has thousands of rows.
+    cells = out[["month", "window_days"]].drop_duplicates()
+    matured = {
+        (m, w): month_end(m) + pd.Timedelta(days=int(w)) <= as_of
+        for m, w in zip(cells["month"], cells["window_days"], strict=True)
+    }
+    out["mature"] = [matured[(m, w)] for m, w in zip(out["month"], out["window_days"], strict=True)]
     cols = ["pair", "month", "segment", "origin", "channel", "entered", "converted", "mature", "window_days"]
     return out[cols].sort_values(cols[:5], kind="mergesort").reset_index(drop=True)
 
