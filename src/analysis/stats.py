@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
 from scipy import stats as sps
 from statsmodels.duration.survfunc import SurvfuncRight, survdiff
+from statsmodels.genmod import families
+from statsmodels.genmod.generalized_linear_model import GLM
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import (
     confint_proportions_2indep,
@@ -33,6 +34,7 @@ from statsmodels.stats.proportion import (
     test_proportions_2indep,
 )
 from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
+from statsmodels.tools.tools import add_constant
 
 __all__ = [
     "TestResult",
@@ -253,13 +255,13 @@ def binomial_trend(successes: Any, trials: Any, t: Any = None, *, confidence: fl
     if s.sum() == 0 or f.sum() == 0 or _separated(tt, s, f):
         return undefined
 
-    exog = sm.add_constant(tt, has_constant="add")
+    exog = add_constant(tt, has_constant="add")
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         # separation is ruled out above; statsmodels still warns when the model is saturated (k = 2),
         # where a perfect fit is expected and harmless.
         warnings.simplefilter("ignore", PerfectSeparationWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
-        fit = sm.GLM(np.column_stack([s, f]), exog, family=sm.families.Binomial()).fit()
+        fit = GLM(np.column_stack([s, f]), exog, family=families.Binomial()).fit()
     slope, se = float(fit.params[1]), float(fit.bse[1])
     if not fit.converged or not np.isfinite(slope) or not np.isfinite(se):
         return undefined
