@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -100,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help=f"report folder (default {REPORTS_DIR}/<period>)")
     p.add_argument("--definitions", default=str(DEFINITIONS_FILE), help="governed definitions YAML")
     p.add_argument("--actions", default=None, help="folder of '<period>.md' marketing notes (default data/raw/actions)")
-    p.add_argument("--engine", default="duckdb", help="duckdb (default), pyspark, or an Ibis connection URL")
+    p.add_argument(
+        "--engine",
+        default=os.environ.get("FUNNEL_KIT_ENGINE", "duckdb"),
+        help="duckdb (default), pyspark, or an Ibis connection URL (default from FUNNEL_KIT_ENGINE)",
+    )
     p.set_defaults(func=_run)
 
     p = sub.add_parser("audit", help="re-execute a report from its recorded inputs and compare every output")
