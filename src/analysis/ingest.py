@@ -184,12 +184,24 @@ def _fail_unclosed(shown: str, line: int) -> None:
           "(a missing closing quote)", rule="csv_format", row=line)
 
 
+def _lf_lines(text: str) -> Iterator[str]:
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end]
+        start = end
+
+
 def _slow_read(text: str, opts: CsvOptions, shown: str, ncols: int) -> tuple[list[list[str]], np.ndarray]:
     """Python csv module parse with exact line tracking: the fallback, and the locator of malformed records."""
     consumed: list[str] = []  # the physical lines of the record being read
 
     def physical_lines() -> Iterator[str]:
-        for line in io.StringIO(text, newline=""):
+        # Lines end at LF, as for the fast path's scan (and wc, grep, editors): a lone CR inside a quoted value
+        # does not shift the line numbers of later records. A file without any LF ends its lines at CR.
+        lines = io.StringIO(text, newline="") if "\n" not in text else _lf_lines(text)
+        for line in lines:
             consumed.append(line)
             yield line
 
