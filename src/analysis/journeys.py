@@ -177,20 +177,32 @@ def attributable_touches(
     as_of: pd.Timestamp,
     origin_by_channel: Mapping[str, str],
     touch_key: str = "channel",
+    journeys_t: ibis.Table | None = None,
 ) -> ibis.Table:
     """Touches up to as-of with their opportunity link, key (channel or campaign) and marketing flag.
 
     Columns: t_id, t_lead, t_opp, t_at, t_key, t_channel, t_mkt.
     touch_key: ``channel`` or ``campaign`` (campaign, falling back to the channel where it is empty).
+    journeys_t: when given, only touches that can belong to one of these journeys are kept (linked directly to a
+    journey's opportunity, or made by a lead of a journey or a lead whose opportunity is a journey's), before the
+    lead link is resolved. Same rows for those journeys; the engine no longer joins every touch of the export with
+    every lead (one period's journeys are a few thousand, the touchpoints tens of millions).
     """
     tp = tables["touchpoints"]
     tp = tp.filter((tp.occurred_at <= _ts(as_of)) & tp.channel.notnull())
+    j_opps = None if journeys_t is None else journeys_t.filter(journeys_t.opp_id.notnull()).opp_id
     if "leads" in tables:
         leads = tables["leads"]
         lo = leads.select(lo_lead=leads.lead_id, lo_opp=leads.opportunity_id)
+        if journeys_t is not None:
+            j_leads = journeys_t.filter(journeys_t.lead_id.notnull()).lead_id
+            lo = lo.filter(lo.lo_opp.isin(j_opps) | lo.lo_lead.isin(j_leads))
+            tp = tp.filter(tp.opportunity_id.isin(j_opps) | tp.lead_id.isin(lo.lo_lead))
         tp = tp.left_join(lo, tp.lead_id == lo.lo_lead)
         opp_link = tp.opportunity_id.fill_null(tp.lo_opp)
     else:
+        if journeys_t is not None:
+            tp = tp.filter(tp.opportunity_id.isin(j_opps))
         opp_link = tp.opportunity_id
     if touch_key == "channel":
         key = tp.channel
@@ -270,7 +282,7 @@ def path_table(
     if basis not in BASES:
         raise ValueError(f"basis must be one of {BASES}")
     jt = journeys(tables, basis, w)
-    touches = attributable_touches(tables, w.as_of, origin_by_channel, touch_key)
+    touches = attributable_touches(tables, w.as_of, origin_by_channel, touch_key, jt)
     jp = journey_paths(jt, touches)
     conv = jp.converted.cast("int64")
     return jp.group_by(["segment", "path", "creation_index"]).agg(
@@ -299,7 +311,7 @@ def time_decay_table(
         raise ValueError(f"basis must be one of {BASES}")
     jt = journeys(tables, basis, w)
     jt = jt.filter(jt.converted)
-    touches = attributable_touches(tables, w.as_of, origin_by_channel, touch_key)
+    touches = attributable_touches(tables, w.as_of, origin_by_channel, touch_key, jt)
     rows = journey_touches(jt, touches)
     age = (rows.win_end.epoch_seconds() - rows.t_at.epoch_seconds()).cast("float64") / 86400.0
     rows = rows.mutate(t_w=(-age * (_LN2 / float(half_life_days))).exp())
@@ -321,7 +333,7 @@ def lifecycle_table(
     opportunities, value_cents. Opportunities without touches have first_channel null and False flags.
     """
     jt = journeys(tables, "lifecycle", w)
-    touches = attributable_touches(tables, w.as_of, origin_by_channel, "channel")
+    touches = attributable_touches(tables, w.as_of, origin_by_channel, "channel", jt)
     rows = journey_touches(jt, touches)
     pre = rows.t_at <= rows.creation_at
     agg = rows.group_by(rows.jid).agg(
@@ -360,7 +372,7 @@ def closed_table(
     Columns: segment, marketing, won, deals, value_cents.
     """
     jt = journeys(tables, "closed", w)
-    touches = attributable_touches(tables, w.as_of, origin_by_channel, "channel")
+    touches = attributable_touches(tables, w.as_of, origin_by_channel, "channel", jt)
     rows = journey_touches(jt, touches)
     agg = rows.group_by(rows.jid).agg(mkt=rows.t_mkt.any())
     agg = agg.select(a_jid=agg.jid, mkt=agg.mkt)
