@@ -333,7 +333,7 @@ def test_quarterly_model_has_months_quarter_and_next_quarter(data, quarterly):
     assert lookup(m, "pipeline_gap", "2026-Q4") is None  # the next quarter's pipeline is not created yet
     assert lookup(m, "pipeline_created", "2026-Q4") is None
     # the brief reads the latest period: the quarter, not the next one
-    assert brief.plan_sentences(m, "2026-Q3")[0].endswith("for 2026-Q3.")
+    assert "needs for 2026-Q3." in brief.plan_sentences(m, "2026-Q3")[0]
 
 
 # --------------------------------------------------------------------------------------------- coverage
