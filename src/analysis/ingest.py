@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,9 @@ def _fail_unclosed(shown: str, line: int) -> None:
           "(a missing closing quote)", rule="csv_format", row=line)
 
 
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
 def _lf_lines(text: str) -> Iterator[str]:
     start = 0
     while start < len(text):
@@ -199,8 +203,10 @@ def _slow_read(text: str, opts: CsvOptions, shown: str, ncols: int) -> tuple[lis
 
     def physical_lines() -> Iterator[str]:
         # Lines end at LF, as for the fast path's scan (and wc, grep, editors): a lone CR inside a quoted value
-        # does not shift the line numbers of later records. A file without any LF ends its lines at CR.
-        lines = io.StringIO(text, newline="") if "\n" not in text else _lf_lines(text)
+        # does not shift the line numbers of later records. A file whose header ends with a lone CR (classic Mac)
+        # ends its lines at CR or LF.
+        first_end = _LINE_END.search(text)
+        lines = io.StringIO(text, newline="") if first_end and first_end.group() == "\r" else _lf_lines(text)
         for line in lines:
             consumed.append(line)
             yield line
