@@ -9,6 +9,8 @@ pack or damages the previous one.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import html
 import json
@@ -314,28 +316,106 @@ def _definitions_appendix(text: str, sha: str) -> RenderedSection:
 
 @contextmanager
 def _lock(reports_root: Path, label: str) -> Iterator[None]:
+    """Hold `.<label>.lock` (an flock) for the whole run: a second run of the period fails at once, naming the
+    holder. The file is removed when the run ends, while still locked; a killed run's lock dies with its process
+    and its file is taken over (and removed) by the next run."""
     reports_root.mkdir(parents=True, exist_ok=True)
     path = reports_root / f".{label}.lock"
-    with open(path, "w") as fh:
+    while True:
+        fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the whole run)
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            fh.seek(0)
+            holder = " ".join(fh.read().split())
+            fh.close()
             raise RunError(
-                f"another run of {label} is in progress (lock {path.name}); try again when it finishes",
+                f"another run of {label} is in progress ({holder or 'no pid'}, lock {path.name}); "
+                "try again when it finishes",
                 file=str(path),
                 rule="lock",
             ) from None
+        try:  # the run that held it may have removed the file between our open and our lock: lock the new one
+            current = os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        fh.close()
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}\n")
+        fh.flush()
         yield
+    finally:
+        path.unlink(missing_ok=True)
+        fh.close()
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):  # kernel or file system cannot
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under root to disk: a crash just after the swap must not leave empty files."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 def _publish(staging: Path, final: Path) -> None:
-    """Swap a complete staging folder into place; the previous pack survives until the new one is there."""
+    """Swap a complete staging folder into place.
+
+    Where the system can (Linux), the new pack and the previous one trade places in one atomic step: the period's
+    folder holds a complete pack at every instant, whenever the run is killed. Elsewhere the previous pack is moved
+    aside first and `recover` puts it back if the run dies between the two renames."""
+    _fsync_tree(staging)
+    if final.exists() and _exchange(staging, final):
+        _fsync_dir(final.parent)
+        shutil.rmtree(staging)  # the previous pack, now at the staging path (left to `recover` if killed here)
+        return
     old = final.with_name(f".{final.name}.old")
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
         final.rename(old)
     staging.rename(final)
+    _fsync_dir(final.parent)
     if old.exists():
         shutil.rmtree(old)
 
