@@ -542,3 +542,12 @@ def test_km_median_edge_cases():
     narrow = stats.km_median(*_survival_sample(7)[:2], confidence=0.5)
     wide = stats.km_median(*_survival_sample(7)[:2], confidence=0.99)
     assert wide[1] <= narrow[1] <= narrow[2] <= wide[2]
+
+
+def test_wilson_interval_holds_the_rate_at_zero_and_one():
+    """0/n and n/n: the bounds are exactly 0 and 1 (rounding put 0/6's lower bound 2.8e-17 above the rate, a
+    negative error bar that made matplotlib refuse the handoff section's aging chart and so the whole run)."""
+    low, high = stats.wilson_interval(np.array([0, 6, 0, 40]), np.array([6, 6, 1, 40]))
+    rate = np.array([0, 1, 0, 1])
+    assert (low <= rate).all() and (high >= rate).all()
+    assert low[0] == 0.0 and low[2] == 0.0 and high[1] == 1.0 and high[3] == 1.0

@@ -138,8 +138,11 @@ def wilson_interval(successes: Any, trials: Any, confidence: float = 0.95) -> tu
     high = np.full(s.shape, np.nan)
     if np.any(ok):
         lo, hi = proportion_confint(s[ok], n[ok], alpha=1.0 - conf, method="wilson")
-        low[ok] = lo
-        high[ok] = hi
+        # The interval holds the observed rate; rounding gave 0/n a lower bound of 2.8e-17 above 0 (and n/n an
+        # upper bound below 1), i.e. negative error bars, which charts refuse.
+        rate = s[ok] / n[ok]
+        low[ok] = np.minimum(lo, rate)
+        high[ok] = np.maximum(hi, rate)
     return low, high
 
 
