@@ -27,7 +27,9 @@ def write_table(name: str, frame: pd.DataFrame, out: Path) -> None:
     pq.write_table(pa.table(cols, schema=schema), out / f"{name}.parquet")
 
 
-def random_funnel(out: Path, n: int = 4000, seed: int = 7, as_of: str = "2026-11-01T00:00:00Z") -> dict[str, pd.DataFrame]:
+def random_funnel(
+    out: Path, n: int = 4000, seed: int = 7, as_of: str = "2026-11-01T00:00:00Z"
+) -> dict[str, pd.DataFrame]:
     """Leads and opportunities with random stage times (some beyond windows, some after as-of)."""
     rng = np.random.default_rng(seed)
     start = pd.Timestamp("2025-05-01", tz="UTC")

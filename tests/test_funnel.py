@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from canonical_factory import random_funnel
 from statsmodels.stats.proportion import (
     confint_proportions_2indep,
     proportion_confint,
+)
+from statsmodels.stats.proportion import (
     test_proportions_2indep as score_test_2indep,
 )
 
@@ -16,7 +19,6 @@ from analysis.config import load_definitions
 from analysis.engine import connect, load_tables
 from analysis.metrics import dims
 from analysis.periods import month_end, previous_months
-from canonical_factory import random_funnel
 
 AS_OF = pd.Timestamp("2026-11-01T00:00:00Z")
 
@@ -50,7 +52,9 @@ def direct_counts(frames, defs, key: str) -> pd.DataFrame:
         month=entry.dt.strftime("%Y-%m"),
         converted=(exit_.notna() & (exit_ < AS_OF) & (exit_ >= entry) & (exit_ - entry <= w)).astype(int),
     )
-    return df.groupby(["month", "segment", "channel"]).agg(entered=("converted", "size"), converted=("converted", "sum"))
+    return df.groupby(["month", "segment", "channel"]).agg(
+        entered=("converted", "size"), converted=("converted", "sum")
+    )
 
 
 @pytest.mark.parametrize("key", [p.key for p in funnel.STAGE_PAIRS])
@@ -143,9 +147,11 @@ def test_trend_slope_matches_statsmodels_glm(data):
     _, _, counts, metrics = data
     row = metrics[(metrics["metric"] == "lead_to_mql_rate_trend") & (metrics["dimensions"] == "{}")].iloc[0]
     months = previous_months(row["period"], 11) + [row["period"]]
-    sub = counts[(counts["pair"] == "lead_to_mql") & counts["month"].isin(months)].groupby("month")[
-        ["converted", "entered"]
-    ].sum()
+    sub = (
+        counts[(counts["pair"] == "lead_to_mql") & counts["month"].isin(months)]
+        .groupby("month")[["converted", "entered"]]
+        .sum()
+    )
     y = np.column_stack([sub["converted"], sub["entered"] - sub["converted"]])
     x = sm.add_constant(np.arange(len(sub), dtype=float))
     fit = sm.GLM(y, x, family=sm.families.Binomial()).fit()

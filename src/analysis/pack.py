@@ -52,7 +52,14 @@ CADENCES: dict[str, tuple[str, ...]] = {
         "08_pipeline_plan",
     ),
     "weekly": (BRIEF, "05_handoff_sla", "09_pipeline_operations", "02_data_quality"),
-    "quarterly": (BRIEF, "08_pipeline_plan", "06_closed_lost", "03_funnel_conversion", "04_velocity", "02_data_quality"),
+    "quarterly": (
+        BRIEF,
+        "08_pipeline_plan",
+        "06_closed_lost",
+        "03_funnel_conversion",
+        "04_velocity",
+        "02_data_quality",
+    ),
 }
 
 CADENCE_TITLES = {"monthly": "Monthly trend review", "weekly": "Weekly operating review", "quarterly": "Quarterly plan"}
