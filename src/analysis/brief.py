@@ -441,12 +441,12 @@ def brief_html(
     parts.append("<h2>What marketing is doing</h2>")
     text, provided = marketing_actions(actions_path)
     if provided:
-        from nbconvert.filters.markdown import markdown2html
+        from analysis.display import markdown_html
 
-        # Analyst text is rendered as markdown with raw HTML escaped first: formatting yes, markup no.
+        # Analyst text is rendered as markdown: formatting yes, markup, script links and fetched images no.
         # The section already has its heading: the analyst's own top heading is dropped, the rest kept.
         body = "\n".join(line for line in text.splitlines() if not line.startswith("# "))
-        parts.append(f'<div class="kit-actions">{markdown2html(e(body, quote=False))}</div>')
+        parts.append(f'<div class="kit-actions">{markdown_html(body)}</div>')
     else:
         parts.append(f'<div class="kit-warning">{e(text)}</div>')
     parts.append("</div></div>")
