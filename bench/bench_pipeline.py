@@ -505,7 +505,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=os.environ.get("FUNNEL_KIT_BENCH_DATA",
                                                          str(Path(tempfile.gettempdir()) / "funnel-kit-bench")))
     ap.add_argument("--steps", default=",".join(STEPS), help=f"comma separated, of {','.join(STEPS)}")
-    ap.add_argument("--repeat", type=int, default=0, help="runs per engine step (default 3 up to 1 M leads, else 1)")
+    ap.add_argument("--repeat", type=int, default=0, help="runs per engine step (default 3 up to 1 M leads, else 2)")
     ap.add_argument("--json", default=None, help="append the rows as JSON lines to this file")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--result", default=None, help=argparse.SUPPRESS)
@@ -519,7 +519,7 @@ def main(argv=None) -> int:
     unknown = set(steps) - set(STEPS)
     if unknown:
         ap.error(f"unknown steps: {sorted(unknown)}")
-    repeat = args.repeat or (3 if args.size <= 1_000_000 else 1)
+    repeat = args.repeat or (3 if args.size <= 1_000_000 else 2)
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     if args.child:

@@ -49,6 +49,7 @@ def run_size(n: int, args, out_json: Path) -> tuple[int, float, float, str]:
            "--steps", args.steps, "--json", str(out_json)]
     if args.repeat:
         cmd += ["--repeat", str(args.repeat)]
+    cmd += ["--pandas-paths-max", str(args.pandas_paths_max)]
     if n >= args.bypass_ingest_from:
         cmd += ["--bypass-ingest"]
     t0 = time.perf_counter()
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100k,1M", help="demo lead counts, e.g. 100k,1M,10M (default 100k,1M)")
     ap.add_argument("--steps", default=",".join(STEPS), help=f"pipeline steps (default all: {','.join(STEPS)})")
-    ap.add_argument("--repeat", type=int, default=0, help="runs per engine step (default 3 up to 1M leads, else 1)")
+    ap.add_argument("--repeat", type=int, default=0, help="runs per engine step (default 3 up to 1M leads, else 2)")
     ap.add_argument("--data-dir", default=os.environ.get("FUNNEL_KIT_BENCH_DATA",
                                                          str(Path(tempfile.gettempdir()) / "funnel-kit-bench")),
                     help="where generated demo exports are cached (10M leads take ~3 GB)")
@@ -95,6 +96,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bypass-ingest-from", type=parse_size, default=10_000_000,
                     help="from this size on, data/processed is written by a DuckDB copy instead of the kit's "
                          "in-memory ingest (default 10M; say 0 to always bypass, a huge number never to)")
+    ap.add_argument("--pandas-paths-max", type=parse_size, default=2_000_000,
+                    help="largest size for the pandas path baseline (~1.5 GB per million leads; 10M took 15 GB)")
     ap.add_argument("--no-attribution", action="store_true", help="skip the attribution peers benchmark")
     ap.add_argument("--attribution-sizes", default="10000,100000",
                     help="journeys for bench_attribution.py (default 10000,100000)")
