@@ -27,7 +27,7 @@ import pandas as pd
 from analysis.engine import to_frame
 from analysis.handoff import PeriodWindows, change_row, draw_rate_lines, period_windows, rate_rows
 from analysis.metrics import dims, normalise, parse_dims
-from analysis.privacy import EMAIL_MASK, PHONE_MASK, mask_personal_data, safe_excerpt
+from analysis.privacy import EMAIL_MASK, NAME_MASK, PHONE_MASK, mask_names, mask_personal_data, safe_excerpt
 
 SECTION = "closed_lost"
 UNTHEMED = "unthemed"
@@ -426,8 +426,8 @@ def clean_note(text: object) -> str:
     """Note text for topic modelling: scripts and tags removed, entities decoded, personal data masked and dropped."""
     s = "" if text is None else str(text)
     s = _TAG.sub(" ", _SCRIPT.sub(" ", s))
-    s = mask_personal_data(html.unescape(s))
-    return s.replace(EMAIL_MASK, " ").replace(PHONE_MASK, " ")
+    s = mask_names(mask_personal_data(html.unescape(s)))  # names must not become suggested terms either
+    return s.replace(EMAIL_MASK, " ").replace(PHONE_MASK, " ").replace(NAME_MASK, " ")
 
 
 def topic_suggestions(notes: pd.DataFrame, seed: int, n_topics: int | None = None, n_terms: int = 6) -> pd.DataFrame:

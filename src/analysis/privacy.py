@@ -15,6 +15,7 @@ import pandas as pd
 
 EMAIL_MASK = "[email]"
 PHONE_MASK = "[phone]"
+NAME_MASK = "[name]"
 
 _EMAIL = re.compile(
     r"(?:mailto:)?[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
@@ -40,6 +41,11 @@ _PHONE = re.compile(
     r"(?![\w%])",
     re.IGNORECASE,
 )
+# Capitalised words (Jane, Okonkwo-Lindqvist, O'Brien, McKay, Étienne) that may be people's names.
+_UP, _LO = "A-ZÀ-ÖØ-Þ", "a-zß-öø-ÿ"
+_NAME_WORD = rf"(?:[{_UP}]['’])?[{_UP}][{_LO}]+(?:[{_UP}][{_LO}]+)*(?:['’-][{_UP}]?[{_LO}]+)*"
+_NAME_RUN = re.compile(rf"(?<![\w'’-]){_NAME_WORD}(?:[ \t]+{_NAME_WORD})+(?![\w'’-])")
+_NAME_INSIDE = re.compile(rf"(?:(?<=[{_LO}\d,;:)] )|(?<=[(\"“]))(?<![\w'’-]){_NAME_WORD}(?![\w'’-])")
 _DATE_LIKE = re.compile(r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}$|^\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}$")
 _TAG = re.compile(r"<[^>]{0,500}>")
 _SPACE = re.compile(r"\s+")
@@ -93,20 +99,32 @@ def mask_personal_data(text: object) -> str:
     return _mask_phones(s)
 
 
+def mask_names(text: object) -> str:
+    """Free text with words that may be people's names replaced by '[name]': runs of two or more capitalised
+    words ('Jane Roe', 'Met Jane Roe') and single capitalised words inside a sentence ('sent to Jane').
+
+    Greedy on purpose (it also masks company and product names, and a sentence's first word before a name): it is
+    for excerpts of notes people typed, where a contact's name must not pass. Not for labels or codes."""
+    if text is None or (isinstance(text, float) and text != text):
+        return ""
+    return _NAME_INSIDE.sub(NAME_MASK, _NAME_RUN.sub(NAME_MASK, str(text)))
+
+
 def mask_series(values: pd.Series) -> pd.Series:
     """A string Series with every element masked by `mask_personal_data` (None/NaN become '')."""
     return values.map(mask_personal_data).astype("object")
 
 
 def safe_excerpt(text: object, max_chars: int = 160) -> str:
-    """A masked, tag-stripped, whitespace-collapsed excerpt of at most `max_chars` characters (plain text).
+    """A masked (e-mail addresses, phone numbers, names), tag-stripped, whitespace-collapsed excerpt of at most
+    `max_chars` characters (plain text).
 
     The result is plain text: it still has to be HTML-escaped where it is shown (the display helpers do).
     """
     s = mask_personal_data(text)
     s = html.unescape(_TAG.sub(" ", s))
     s = mask_personal_data(s)  # entities could have hidden an address (e.g. '&#64;')
-    s = _SPACE.sub(" ", s).strip()
+    s = mask_names(_SPACE.sub(" ", s).strip())
     if len(s) > max_chars:
         s = s[: max(0, max_chars - 1)].rstrip() + "…"
     return s
