@@ -442,11 +442,13 @@ def brief_html(
     text, provided = marketing_actions(actions_path)
     if provided:
         from analysis.display import markdown_html
+        from analysis.privacy import mask_personal_data
 
-        # Analyst text is rendered as markdown: formatting yes, markup, script links and fetched images no.
+        # Analyst text is rendered as markdown: formatting yes, markup, script links and fetched images no; an
+        # e-mail address or phone number pasted in (a contact's, say) is masked like anywhere else in the pack.
         # The section already has its heading: the analyst's own top heading is dropped, the rest kept.
         body = "\n".join(line for line in text.splitlines() if not line.startswith("# "))
-        parts.append(f'<div class="kit-actions">{markdown_html(body)}</div>')
+        parts.append(f'<div class="kit-actions">{markdown_html(mask_personal_data(body))}</div>')
     else:
         parts.append(f'<div class="kit-warning">{e(text)}</div>')
     parts.append("</div></div>")
