@@ -55,9 +55,17 @@ def render_section(path: str | Path) -> RenderedSection:
     nb = nbformat.read(path, as_version=4)
     body, _ = _exporter().from_notebook_node(nb)
     anchor = re.sub(r"[^a-z0-9]+", "-", path.stem.lower()).strip("-")
-    # nbconvert's markdown renderer gives headings ids from their text; keep them unique per section.
-    body = re.sub(r'id="([^"]+)"', lambda m: f'id="{anchor}--{m.group(1)}"', body)
-    body = re.sub(r'href="#([^"]+)"', lambda m: f'href="#{anchor}--{m.group(1)}"', body)
+    # nbconvert's markdown renderer gives headings ids from their text; keep them unique per section. Only ids in
+    # tags (text shown in the section, a CRM note say, may read id="x" too) and only links to this section's own
+    # ids (the brief's links to the other sections stay as they are).
+    tag_id = re.compile(r'(<[a-zA-Z][^<>]*?\s)id="([^"]+)"')
+    own = set(m.group(2) for m in tag_id.finditer(body))
+    body = tag_id.sub(lambda m: f'{m.group(1)}id="{anchor}--{m.group(2)}"', body)
+    body = re.sub(
+        r'(<a\s[^<>]*?)href="#([^"]+)"',
+        lambda m: f'{m.group(1)}href="#{anchor}--{m.group(2)}"' if m.group(2) in own else m.group(0),
+        body,
+    )
     return RenderedSection(anchor=anchor, title=section_title(nb, path.stem), body=body)
 
 
