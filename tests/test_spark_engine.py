@@ -193,3 +193,20 @@ def test_a_warehouse_url_with_tables_already_loaded(tmp_path, monkeypatch, proce
 def test_load_tables_reads_the_processed_folder_on_any_backend(processed, spark_ctx):
     tables = load_tables(spark_ctx.con, processed)
     assert {"leads", "opportunities", "touchpoints"} <= set(tables)
+
+
+@pytest.mark.e2e
+def test_a_monthly_pack_on_spark_is_byte_identical_to_duckdb(processed, tmp_path):
+    """The engine is one setting end to end: notebooks get it as a parameter, the JVM's console output stays out
+    of them, and the pack's metrics and HTML are the same bytes as on DuckDB."""
+    from analysis.pack import run_cadence
+
+    actions = processed.parent / "raw" / "actions"
+    duck = run_cadence("monthly", PERIOD, data_dir=processed, out_dir=tmp_path / "duck", actions_dir=actions)
+    spark = run_cadence(
+        "monthly", PERIOD, data_dir=processed, out_dir=tmp_path / "spark", actions_dir=actions, engine="pyspark"
+    )
+    assert (spark / "metrics.parquet").read_bytes() == (duck / "metrics.parquet").read_bytes()
+    assert (spark / "board_pack.html").read_bytes() == (duck / "board_pack.html").read_bytes()
+    for nb in sorted((spark / "notebooks").glob("*.ipynb")):
+        assert "log4j" not in nb.read_text(encoding="utf-8"), nb.name

@@ -7,6 +7,9 @@ duckdb 2.0, `con.create_table(name, pandas_df)` fails with a parser error, so sm
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ibis
@@ -48,14 +51,39 @@ def connect(engine: str | None = None) -> ibis.BaseBackend:
         session = SparkSession.getActiveSession()
         if session is None:
             master = os.environ.get("FUNNEL_KIT_SPARK_MASTER", "local[2]")
-            builder = SparkSession.builder.master(master).appName("revenue-funnel-kit")
+            builder = (
+                SparkSession.builder.master(master)
+                .appName("revenue-funnel-kit")
+                .config("spark.ui.showConsoleProgress", "false")
+            )
             if master.startswith("local"):
                 # One machine: a few shuffle partitions instead of 200 (each a task), no web UI.
                 builder = builder.config("spark.sql.shuffle.partitions", "4").config("spark.ui.enabled", "false")
-            session = builder.getOrCreate()
+            # The JVM inherits this process's stdout/stderr: in a notebook kernel its start-up banner and logs would
+            # become cell outputs (different on every run). They go to FUNNEL_KIT_SPARK_LOG (default: discarded).
+            with _jvm_output_to(os.environ.get("FUNNEL_KIT_SPARK_LOG", os.devnull)):
+                session = builder.getOrCreate()
         session.conf.set("spark.sql.session.timeZone", "UTC")
         return ibis.pyspark.connect(session)
     return ibis.connect(engine)
+
+
+@contextmanager
+def _jvm_output_to(path: str) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at `path` while a child process (the Spark JVM) is started."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, target):
+            os.close(fd)
 
 
 def load_tables(con: ibis.BaseBackend, processed_dir: str | Path, source: str | None = None) -> dict[str, ibis.Table]:
