@@ -530,3 +530,20 @@ def test_nothing_else_moves(big):
     med = opps.groupby([opps.segment, opps.created_at >= pd.Timestamp("2026-02-01T00:00:00Z")]).amount.median()
     for seg in ("SMB", "Mid-Market", "Enterprise"):
         assert abs(med[seg, True] / med[seg, False] - 1) < 0.2, seg
+
+
+def test_touches_per_lead_scales_journeys_and_the_planted_gap(gen, small):
+    """--touches-per-lead 10.3 gives ~10 touchpoints per lead (the scale benchmark's density); the default stays."""
+    dense = gen(n_leads=SMALL, touches_per_lead=10.3)
+    per_lead = len(dense.t["touchpoints"]) / len(dense.t["leads"])
+    base = len(small.t["touchpoints"]) / len(small.t["leads"])
+    assert 9.3 < per_lead < 10.7 and 5.8 < base < 7.0
+    assert dense.t["leads"].equals(small.t["leads"])  # only journeys change, not the leads
+    # Fewer single-touch journeys elsewhere: more of the other channels' last touches land on content
+    # syndication, so its expected first-minus-last gap (recorded in truth.json) shrinks a little.
+    gap = {s: next(e for e in s.truth["effects"] if "first_vs_last_touch_gap" in e["metrics"])
+           ["by_metric"]["first_vs_last_touch_gap"]["planted"] for s in (dense, small)}
+    assert gap[dense] < gap[small]
+    assert gap[dense] == round(float(demo._gap_expected(demo.LAST_P, True, 1 / 10.3)[demo.CS]), 3)
+    with pytest.raises(ValueError, match="touches_per_lead"):
+        generate_demo_data(Path("unused"), touches_per_lead=0.5)

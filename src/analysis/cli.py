@@ -16,7 +16,8 @@ def _demo_data(args: argparse.Namespace) -> int:
     from analysis.demo import generate_demo_data
 
     truth = generate_demo_data(
-        Path(args.out), seed=args.seed, n_leads=args.leads, plant=not args.no_effects, fmt=args.format
+        Path(args.out), seed=args.seed, n_leads=args.leads, plant=not args.no_effects, fmt=args.format,
+        touches_per_lead=args.touches_per_lead,
     )
     print(f"demo data written to {args.out} ({len(truth['effects'])} planted effects, seed {args.seed})")
     return 0
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leads", type=int, default=50_000, help="number of leads (default 50000)")
     p.add_argument("--no-effects", action="store_true", help="plant nothing: every process stable (null data)")
     p.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format (default csv)")
+    p.add_argument("--touches-per-lead", type=float, default=None,
+                   help="mean journey length (default ~6.4 touchpoints per lead; 10.3 gives ~10)")
     p.set_defaults(func=_demo_data)
 
     p = sub.add_parser("ingest", help="map, validate and quarantine an export into canonical Parquet")

@@ -42,6 +42,7 @@ from analysis.schema import MONEY, TABLES, TS
 AS_OF = "2026-11-01T00:00:00Z"
 FIRST_MONTH, LAST_MONTH, LAST_TARGET_MONTH = "2025-05", "2026-10", "2027-01"
 CHUNK_SIZE = 100_000
+JOURNEY_P_GEO = 0.155  # the demo's journey-length parameter (see _Context)
 # Relative lead arrivals by hour of day (UTC): the Americas afternoon peaks, EMEA mornings, quiet nights.
 # fmt: off
 HOUR_PROFILE_UTC = (0.25, 0.2, 0.15, 0.15, 0.15, 0.2, 0.35, 0.6, 0.9, 1.0, 1.0, 1.0,
@@ -351,8 +352,12 @@ class _Calendar:
 class _Context:
     """Everything shared by the chunks: sizes, arrival curve, calendar, lookup tables."""
 
-    def __init__(self, seed: int, n_leads: int, plant: bool, chunk_size: int) -> None:
+    def __init__(self, seed: int, n_leads: int, plant: bool, chunk_size: int,
+                 touches_per_lead: float | None = None) -> None:
         self.seed, self.n, self.plant, self.chunk_size = seed, n_leads, plant, chunk_size
+        # Journey length is geometric with mean 1 / p_geo (capped at 36 touches): the demo's 0.155 gives ~6.4
+        # touchpoints per lead; scale tests ask for ~10 (a large B2B company's density).
+        self.p_geo = JOURNEY_P_GEO if touches_per_lead is None else 1.0 / touches_per_lead
         defs = load_definitions()
         origin_of = defs["channels"]["origin_by_channel"]
         unknown = [c for c in CHANNELS if c not in origin_of]
@@ -696,8 +701,7 @@ def _chunk(ctx: _Context, k: int, lo: int, hi: int, counters: dict) -> dict:
     o = _opportunities(ctx, o_created, o_seg, o_u)
 
     # Touchpoints: journey before the opportunity (or 60 days after MQL / creation), then sales touches.
-    p_geo = 0.155
-    n_pre = 1 + np.minimum(35, np.floor(np.log1p(-U[:, 17]) / np.log1p(-p_geo))).astype(np.int64)
+    n_pre = 1 + np.minimum(35, np.floor(np.log1p(-U[:, 17]) / np.log1p(-ctx.p_geo))).astype(np.int64)
     if ctx.plant:
         n_pre = np.where(chan == CS, np.maximum(n_pre, 2), n_pre)
     end = np.where(is_sql, sql, np.where(is_mql, mql + 60 * DAY, created + 60 * DAY))
@@ -890,11 +894,11 @@ def _plan_tables(ctx: _Context, won: np.ndarray, pipe: np.ndarray) -> tuple[pa.T
     return targets, forecasts
 
 
-def _gap_expected(last_p: Iterable[float], force_cs: bool) -> np.ndarray:
+def _gap_expected(last_p: Iterable[float], force_cs: bool, p_geo: float = JOURNEY_P_GEO) -> np.ndarray:
     """Expected first-touch minus last-touch share of lead-sourced opportunities, per channel."""
     share = np.array(SRC_P) * np.array(MQL_RATE)
     share /= share.sum()
-    multi = np.full(len(CHANNELS), 0.845)  # P(journey has 2+ touches)
+    multi = np.full(len(CHANNELS), 1.0 - p_geo)  # P(journey has 2+ touches)
     if force_cs:
         multi[CS] = 1.0
     lp = np.array(tuple(last_p))
@@ -906,7 +910,7 @@ def _truth(ctx: _Context, seed: int, n_leads: int, plant: bool) -> dict:
     all_segs = ["All", *SEGMENTS]
     all_regs = ["All", *REGIONS]
     reasons = [r for r, _ in REJECTION_P]
-    gap = float(round(_gap_expected(LAST_P, True)[CS], 3))
+    gap = float(round(_gap_expected(LAST_P, True, ctx.p_geo)[CS], 3))
     themes_share = LOSS_P[6][2] + LOSS_P[7][2] + LOSS_P[8][2] + LOSS_P[9][2]
     q = (NORTHWIND_SHARE_PLANTED - LOSS_P[6][2]) / (1.0 - LOSS_P[6][2])
     effects = [
@@ -1043,11 +1047,14 @@ def generate_demo_data(
     plant: bool = True,
     fmt: str = "csv",
     chunk_size: int = CHUNK_SIZE,
+    touches_per_lead: float | None = None,
 ) -> dict:
     """Write the demo export (canonical layout) into out_dir; return the truth dict (also written as truth.json).
 
     Files: leads, opportunities, stage_history, touchpoints, targets, forecasts (`.csv` or `.parquet`),
     truth.json and actions/2026-10.md. Same arguments, same bytes. Memory is bounded by `chunk_size` leads.
+    `touches_per_lead` sets the mean marketing-journey length (default ~6.4 touchpoints per lead; 10.3 gives
+    ~10, i.e. 100M touchpoints for 10M leads).
 
     >>> truth = generate_demo_data(Path("data/raw"), n_leads=50_000)  # doctest: +SKIP
     """
@@ -1055,9 +1062,11 @@ def generate_demo_data(
         raise ValueError(f"fmt must be 'csv' or 'parquet', not {fmt!r}")
     if n_leads < 1 or chunk_size < 1:
         raise ValueError("n_leads and chunk_size must be positive")
+    if touches_per_lead is not None and not 1.0 < touches_per_lead <= 30.0:
+        raise ValueError("touches_per_lead must be above 1 and at most 30")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = _Context(seed, n_leads, plant, chunk_size)
+    ctx = _Context(seed, n_leads, plant, chunk_size, touches_per_lead)
     names = ("leads", "opportunities", "stage_history", "touchpoints")
     writers = {}
     try:
