@@ -361,6 +361,59 @@ def test_markov_credit_is_proportional_to_removal_effects():
     np.testing.assert_allclose(cr["credit_count"], res.removal_effect / res.removal_effect.sum() * total, atol=0.01)
 
 
+def test_transition_counts_by_hand():
+    paths = frame([(["a", "b", "a"], 2, 1, 500), (["b"], 0, 3, 0), (["a", "b"], 1, 0, 70)])
+    t = A.transition_counts(paths)
+    got = {(r.from_state, r.to_state): (r.journeys, r.value_cents) for r in t.itertuples()}
+    assert got == {
+        ("(start)", "a"): (4, 0), ("(start)", "b"): (3, 0), ("a", "b"): (4, 0), ("b", "a"): (3, 0),
+        ("a", "(conversion)"): (2, 500), ("a", "(null)"): (1, 0), ("b", "(conversion)"): (1, 70),
+        ("b", "(null)"): (3, 0),
+    }
+    assert list(t.columns) == A.TRANSITION_COLUMNS
+    assert t[["from_state", "to_state"]].apply(tuple, axis=1).is_monotonic_increasing
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_markov_from_transitions_equals_exact_solution_and_marketing_attribution_models(seed):
+    paths = random_paths(seed, n=200)
+    path_route = A.markov_removal_effects(paths)
+    got = A.markov_removal_effects_from_transitions(A.transition_counts(paths))
+    assert list(got.channels) == list(path_route.channels)
+    np.testing.assert_allclose(got.removal_effect, path_route.removal_effect, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(got.removal_effect_value, path_route.removal_effect_value, atol=1e-12, rtol=0)
+    assert got.conversion_probability == pytest.approx(path_route.conversion_probability, abs=1e-15)
+    ref, p = independent_removal_effects(paths)
+    assert got.conversion_probability == pytest.approx(p, abs=1e-12)
+    np.testing.assert_allclose(got.removal_effect, [ref[c] for c in got.channels], atol=1e-9, rtol=0)
+    peer = _mam(paths, False).run_markov().metadata["removal_effect"]["removal_effect"]
+    peer.index = peer.index.astype(str)
+    np.testing.assert_allclose(got.removal_effect, peer.reindex(got.channels).to_numpy(), atol=1e-9, rtol=0)
+    ours = A.markov_from_transitions(A.transition_counts(paths), "pipeline")
+    pd.testing.assert_frame_equal(ours, A.markov(paths, "pipeline"))
+
+
+@settings(max_examples=25, deadline=None)
+@given(path_sets())
+def test_markov_from_transitions_equals_path_route_on_random_path_sets(paths):
+    a = A.markov_removal_effects(paths)
+    b = A.markov_removal_effects_from_transitions(A.transition_counts(paths))
+    assert list(a.channels) == list(b.channels)
+    np.testing.assert_allclose(b.removal_effect, a.removal_effect, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(b.removal_effect_value, a.removal_effect_value, atol=1e-12, rtol=0)
+    pd.testing.assert_frame_equal(A.markov_from_transitions(A.transition_counts(paths), "revenue"),
+                                  A.markov(paths, "revenue"))
+
+
+def test_markov_from_transitions_refuses_a_channel_named_like_a_special_state_and_handles_empty():
+    t = pd.DataFrame({"from_state": ["(start)", "(null)"], "to_state": ["(null)", "(conversion)"],
+                      "journeys": [1, 1], "value_cents": [0, 5]})
+    with pytest.raises(ValueError, match="special state"):
+        A.markov_removal_effects_from_transitions(t)
+    empty = A.markov_removal_effects_from_transitions(A.transition_counts(frame([(["a"], 0, 0, 0)])))
+    assert len(empty.channels) == 0 and empty.conversion_probability == 0.0
+
+
 # ------------------------------------------------------------------------------------------- Shapley
 
 
@@ -531,6 +584,33 @@ def test_demo_section_reconciles(demo_report):
     from analysis.charts import png_bytes
 
     assert all(png_bytes(f)[:4] == b"\x89PNG" for f in figs)
+
+
+def test_demo_markov_from_engine_transitions_equals_the_path_route(demo_report, demo_data):
+    """The pack solves Markov from the engine's transition counts: the same table as counting the distinct paths,
+    and the same removal effects and credits (to the cent) as the path route."""
+    from analysis import journeys as J
+    from analysis.context import open_context
+
+    report, _ = demo_report
+    ctx = open_context(demo_data["processed"], "2026-10")
+    w = J.JourneyWindow.for_context(ctx)
+    for basis in A.BASES:
+        engine = J.fetch_transitions(J.transition_table(ctx.tables, basis, w, SETTINGS.origin_by_channel), ctx.con)
+        ps = A.PathSet.from_frame(report.paths[basis])
+        assert engine["journeys"].sum() > 100
+        pd.testing.assert_frame_equal(engine, A.transition_counts(ps), check_dtype=False)
+        path_route = A.markov_removal_effects(ps)
+        re = report.removal_effects[report.removal_effects["basis"] == basis].set_index("channel")
+        np.testing.assert_allclose(re["removal_effect"].reindex(ps.channels), path_route.removal_effect,
+                                   atol=1e-12, rtol=0)
+        np.testing.assert_allclose(re["removal_effect_value"].reindex(ps.channels), path_route.removal_effect_value,
+                                   atol=1e-12, rtol=0)
+        cr = report.credits[(report.credits["basis"] == basis) & (report.credits["model"] == "markov")]
+        ref = A.markov(ps, basis).set_index("channel")
+        cr = cr.set_index("channel").reindex(ref.index)
+        assert cr["credit_cents"].tolist() == ref["credit_cents"].tolist()
+        assert cr["credit_count"].tolist() == ref["credit_count"].tolist()
 
 
 def test_a_period_without_conversions_is_reported_not_crashed(demo_data):

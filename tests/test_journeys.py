@@ -152,6 +152,25 @@ def test_time_decay_by_hand(hand):
     assert td["weight_count"].sum() == pytest.approx(2.0)  # O1 and O2 (O3 has no touch)
 
 
+def test_transitions_by_hand(hand):
+    con, tables = hand
+    t = J.fetch_transitions(J.transition_table(tables, "pipeline", WINDOW, ORIGIN), con)
+    got = {(r.from_state, r.to_state): (r.journeys, r.value_cents) for r in t.itertuples()}
+    assert got == {
+        # O1: content_syndication > webinar > paid_search > email, converted (1234.56)
+        ("(start)", "content_syndication"): (1, 0), ("content_syndication", "webinar"): (1, 0),
+        ("webinar", "paid_search"): (1, 0), ("paid_search", "email"): (1, 0), ("email", "(conversion)"): (1, 123456),
+        # O2: outbound_sdr, converted (99.99); O3 has no touch: no transition
+        ("(start)", "outbound_sdr"): (1, 0), ("outbound_sdr", "(conversion)"): (1, 9999),
+        # L2 (webinar) and L3 (partner_referral): MQLs without an opportunity
+        ("(start)", "webinar"): (1, 0), ("webinar", "(null)"): (1, 0),
+        ("(start)", "partner_referral"): (1, 0), ("partner_referral", "(null)"): (1, 0),
+    }
+    rev = J.fetch_transitions(J.transition_table(tables, "revenue", WINDOW, ORIGIN), con)
+    assert rev.set_index(["from_state", "to_state"]).loc[("email", "outbound_sdr"), "journeys"] == 1
+    assert rev.set_index(["from_state", "to_state"]).loc[("events", "(null)"), "journeys"] == 1
+
+
 # ------------------------------------------------------------------------------------------- random tables vs pandas
 
 
@@ -280,6 +299,19 @@ def test_paths_equal_pandas(rand, basis, w):
     pd.testing.assert_frame_equal(got[cols], ref, check_dtype=False)
 
 
+@pytest.mark.parametrize("w", WINDOWS, ids=["month", "quarter-mid-as-of", "long-short-lookback"])
+@pytest.mark.parametrize("basis", ["pipeline", "revenue"])
+def test_transitions_equal_numpy_count_of_the_distinct_paths(rand, basis, w):
+    """Ties in time are frequent here: the window's order (time, touchpoint_id) must be the paths' order."""
+    from analysis import attribution as A
+
+    con, tables, *_ = rand
+    got = J.fetch_transitions(J.transition_table(tables, basis, w, ORIGIN), con)
+    ref = A.transition_counts(J.fetch_paths(J.path_table(tables, basis, w, ORIGIN), con))
+    assert len(ref) > 0
+    pd.testing.assert_frame_equal(got, ref, check_dtype=False)
+
+
 @pytest.mark.parametrize("w", WINDOWS[:2], ids=["month", "quarter-mid-as-of"])
 @pytest.mark.parametrize("basis", ["pipeline", "revenue"])
 def test_time_decay_equals_pandas(rand, basis, w):
@@ -360,7 +392,8 @@ def test_expressions_are_ibis_only_and_compile_for_spark(hand, monkeypatch):
         monkeypatch.setattr(ibis.options, "pyspark", PySparkOptions())
     _, tables = hand
     for expr in (J.path_table(tables, "revenue", WINDOW, ORIGIN), J.lifecycle_table(tables, WINDOW, ORIGIN),
-                 J.time_decay_table(tables, "pipeline", WINDOW, ORIGIN, 7.0), J.closed_table(tables, WINDOW, ORIGIN)):
+                 J.time_decay_table(tables, "pipeline", WINDOW, ORIGIN, 7.0), J.closed_table(tables, WINDOW, ORIGIN),
+                 J.transition_table(tables, "pipeline", WINDOW, ORIGIN)):
         assert isinstance(expr, ibis.Table)
         assert "SELECT" in ibis.to_sql(expr, dialect="pyspark")
 

@@ -29,10 +29,13 @@ So every journey's weights sum to 1 and a model never "eats" conversions.
 Time decay: computed per touch in the engine (``analysis.journeys.time_decay_table``), allocated here.
 
 Markov (``markov_removal_effects``): an absorbing chain of order k (definitions ``attribution.markov_order``)
-built from transition counts aggregated over the distinct paths (start -> c1 -> ... -> cn -> conversion or
-null, each transition weighted by the path's journeys). The conversion probability and each channel's
-removal effect are solved exactly with ``numpy.linalg.solve`` on the transient states (no simulation):
-removing a channel redirects every transition into a state containing it to null. RE_c = 1 - P(-c) / P.
+built from transition counts (start -> c1 -> ... -> cn -> conversion or null, each transition weighted by the
+journeys). At order 1 the pack takes the counts straight from the engine (``journeys.transition_table``, at most
+(K + 1) x (K + 2) rows; ``markov_removal_effects_from_transitions``); higher orders count them over the
+distinct paths. Both routes build the same chain and call one solver (``_solve_chain``). The conversion
+probability and each channel's removal effect are solved exactly with ``numpy.linalg.solve`` on the transient
+states (no simulation): removing a channel redirects every transition into a state containing it to null.
+RE_c = 1 - P(-c) / P.
 Value uses the same chain with the value of the conversions leaving each state as the reward, so the value
 removal effect is 1 - E(-c) / E, E the expected converted value per journey. Self-loops (a channel followed by
 itself) do not change absorption probabilities, so keeping them is harmless. Credits are proportional to the
@@ -527,12 +530,53 @@ def _markov_states(ps: PathSet, order: int) -> tuple[np.ndarray, int]:
     return state, base
 
 
-def markov_removal_effects(paths: pd.DataFrame | PathSet, order: int = 1) -> MarkovResult:
-    """Exact removal effects of an order-k absorbing Markov chain over distinct paths (no simulation)."""
-    ps = paths if isinstance(paths, PathSet) else PathSet.from_frame(paths)
+@dataclass(frozen=True)
+class _Chain:
+    """An absorbing chain as counts: S transient states (the start among them), conversion and null absorbing.
+
+    ``counts[i, j]`` journeys moving from transient state i to j; ``conv``/``null`` journeys leaving each state
+    to conversion / null, ``value`` the cents of the conversions leaving it; ``contains[c, s]`` whether state s
+    holds channel c (removing c redirects every transition into s to null).
+    """
+
+    counts: np.ndarray  # (S, S) float
+    conv: np.ndarray  # (S,) float
+    null: np.ndarray  # (S,) float
+    value: np.ndarray  # (S,) float, cents
+    start: int
+    contains: np.ndarray  # (K, S) bool
+
+
+def _solve_chain(channels: np.ndarray, ch: _Chain) -> MarkovResult:
+    """Conversion probability, expected value and every channel's removal effects, solved exactly.
+
+    The one solver of the kit's Markov model: both the path route (any order) and the engine's transition
+    table (order 1) build a ``_Chain`` and call this. h = r + Q h on the transient states, so h = (I - Q)^-1 r
+    with ``numpy.linalg.solve``; removing channel c zeroes Q's columns of the states that hold c.
+    """
+    k, s = len(channels), len(ch.conv)
+    out = ch.counts.sum(axis=1) + ch.conv + ch.null
+    out = np.where(out > 0, out, 1.0)
+    q = ch.counts / out[:, None]
+    rhs = np.stack([ch.conv / out, ch.value / out], axis=1)
+    ident = np.eye(s)
+    base_sol = np.linalg.solve(ident - q, rhs)[ch.start]
+    p, e = float(base_sol[0]), float(base_sol[1])
+    re = np.zeros(k)
+    rev = np.zeros(k)
+    for c in range(k):
+        q_c = np.where(ch.contains[c][None, :], 0.0, q)
+        sol = np.linalg.solve(ident - q_c, rhs)[ch.start]
+        re[c] = 1.0 - sol[0] / p if p > 0 else 0.0
+        rev[c] = 1.0 - sol[1] / e if e > 0 else 0.0
+    re = np.clip(re, 0.0, 1.0)
+    rev = np.clip(rev, 0.0, 1.0)
+    return MarkovResult(channels, re, rev, p, e, s)
+
+
+def _chain_from_paths(ps: PathSet, order: int) -> _Chain:
+    """Count an order-k chain's transitions over the distinct paths, each weighted by the path's journeys."""
     k = len(ps.channels)
-    if ps.n_paths == 0 or k == 0:
-        return MarkovResult(ps.channels, np.zeros(k), np.zeros(k), 0.0, 0.0, 0)
     if order == 1:  # states are the channels themselves: no encoding or compaction needed
         base, uniq, tok_idx = k + 1, np.arange(1, k + 1), ps.codes
     else:
@@ -543,37 +587,100 @@ def markov_removal_effects(paths: pd.DataFrame | PathSet, order: int = 1) -> Mar
     jn = (ps.conversions + ps.nulls).astype(float)
     first = ps.offsets[:-1]
     last = ps.offsets[1:] - 1
-    # transition counts: start -> first state, then state -> next state within each path, weighted by journeys
+    # start -> first state, then state -> next state within each path
     counts = np.bincount(start * s + tok_idx[first], weights=jn, minlength=s * s)
     if len(tok_idx) > ps.n_paths:
         pair = tok_idx[:-1] * s + tok_idx[1:]  # consecutive tokens; pairs that cross two paths get weight 0
         w_next = np.repeat(jn, ps.lengths)[:-1]
         w_next[last[:-1]] = 0.0
         counts += np.bincount(pair, weights=w_next, minlength=s * s)
-    counts = counts.reshape(s, s)
     conv = np.bincount(tok_idx[last], weights=ps.conversions.astype(float), minlength=s)
     null = np.bincount(tok_idx[last], weights=ps.nulls.astype(float), minlength=s)
-    vconv = np.bincount(tok_idx[last], weights=ps.value_cents.astype(float), minlength=s)
-    out = counts.sum(axis=1) + conv + null
-    out = np.where(out > 0, out, 1.0)
-    q = counts / out[:, None]
-    rhs = np.stack([conv / out, vconv / out], axis=1)
-    ident = np.eye(s)
-    base_sol = np.linalg.solve(ident - q, rhs)[start]
-    p, e = float(base_sol[0]), float(base_sol[1])
-    # channels in each state: decode the base-(K+1) digits
-    digits = np.stack([(uniq // base**j) % base for j in range(order)], axis=1)  # (S-1, order), 0 = none
-    re = np.zeros(k)
-    rev = np.zeros(k)
+    value = np.bincount(tok_idx[last], weights=ps.value_cents.astype(float), minlength=s)
+    # channels in each state: decode the base-(K+1) digits (0 = before the start)
+    digits = np.stack([(uniq // base**j) % base for j in range(order)], axis=1)  # (S-1, order)
+    contains = np.zeros((k, s), bool)
     for c in range(k):
-        removed = np.concatenate([(digits == c + 1).any(axis=1), [False]])
-        q_c = np.where(removed[None, :], 0.0, q)
-        sol = np.linalg.solve(ident - q_c, rhs)[start]
-        re[c] = 1.0 - sol[0] / p if p > 0 else 0.0
-        rev[c] = 1.0 - sol[1] / e if e > 0 else 0.0
-    re = np.clip(re, 0.0, 1.0)
-    rev = np.clip(rev, 0.0, 1.0)
-    return MarkovResult(ps.channels, re, rev, p, e, s)
+        contains[c, :start] = (digits == c + 1).any(axis=1)
+    return _Chain(counts.reshape(s, s), conv, null, value, start, contains)
+
+
+def markov_removal_effects(paths: pd.DataFrame | PathSet, order: int = 1) -> MarkovResult:
+    """Exact removal effects of an order-k absorbing Markov chain over distinct paths (no simulation)."""
+    ps = paths if isinstance(paths, PathSet) else PathSet.from_frame(paths)
+    k = len(ps.channels)
+    if order < 1:
+        raise ValueError("markov order must be >= 1")
+    if ps.n_paths == 0 or k == 0:
+        return MarkovResult(ps.channels, np.zeros(k), np.zeros(k), 0.0, 0.0, 0)
+    return _solve_chain(ps.channels, _chain_from_paths(ps, order))
+
+
+TRANSITION_COLUMNS = ["from_state", "to_state", "journeys", "value_cents"]
+
+
+def _chain_from_transitions(transitions: pd.DataFrame) -> tuple[np.ndarray, _Chain]:
+    """(sorted channels, order-1 chain) of a transition table (``journeys.transition_table`` columns)."""
+    t = transitions
+    src = t["from_state"].astype(str).to_numpy()
+    dst = t["to_state"].astype(str).to_numpy()
+    n = pd.to_numeric(t["journeys"]).to_numpy(dtype=float)
+    cents = pd.to_numeric(t["value_cents"]).to_numpy(dtype=float) if "value_cents" in t else np.zeros(len(t))
+    keep = n > 0
+    src, dst, n, cents = src[keep], dst[keep], n[keep], cents[keep]
+    if np.isin(src, [jr.CONVERSION, jr.NULL]).any() or (dst == jr.START).any():
+        raise ValueError("a channel is named like a special state ((start), (conversion), (null)); rename it")
+    to_conv, to_null = dst == jr.CONVERSION, dst == jr.NULL
+    from_start = src == jr.START
+    channels = np.unique(np.concatenate([src[~from_start], dst[~(to_conv | to_null)]])).astype(object)
+    k = len(channels)
+    s = k + 1  # states 0..K-1 the channels (sorted, as PathSet codes), K the start
+    si = np.where(from_start, k, np.searchsorted(channels, src))
+    di = np.searchsorted(channels, dst)
+    step = ~(to_conv | to_null)
+    counts = np.bincount(si[step] * s + di[step], weights=n[step], minlength=s * s).reshape(s, s)
+    conv = np.bincount(si[to_conv], weights=n[to_conv], minlength=s)
+    null = np.bincount(si[to_null], weights=n[to_null], minlength=s)
+    value = np.bincount(si[to_conv], weights=cents[to_conv], minlength=s)
+    contains = np.zeros((k, s), bool)
+    contains[np.arange(k), np.arange(k)] = True
+    return channels, _Chain(counts, conv, null, value, k, contains)
+
+
+def markov_removal_effects_from_transitions(transitions: pd.DataFrame) -> MarkovResult:
+    """Exact order-1 removal effects from transition counts (the engine's ``journeys.transition_table``).
+
+    The same solver as ``markov_removal_effects``; equal to it on the distinct paths the counts come from.
+    """
+    channels, ch = _chain_from_transitions(transitions)
+    if len(channels) == 0 or ch.counts[ch.start].sum() == 0:
+        k = len(channels)
+        return MarkovResult(channels, np.zeros(k), np.zeros(k), 0.0, 0.0, 0)
+    return _solve_chain(channels, ch)
+
+
+def transition_counts(paths: pd.DataFrame | PathSet) -> pd.DataFrame:
+    """The order-1 transition table of distinct paths, counted with numpy (``journeys.transition_table``'s
+    columns and order): from_state, to_state, journeys, value_cents."""
+    ps = paths if isinstance(paths, PathSet) else PathSet.from_frame(paths)
+    k = len(ps.channels)
+    if ps.n_paths == 0 or k == 0:
+        return pd.DataFrame({c: pd.Series(dtype=object if "state" in c else "int64") for c in TRANSITION_COLUMNS})
+    ch = _chain_from_paths(ps, 1)
+    names = np.concatenate([ps.channels.astype(object), [jr.START]])
+    i, j = np.nonzero(ch.counts)
+    parts = [(names[i], names[j], ch.counts[i, j], np.zeros(len(i)))]
+    for absorbing, w in ((jr.CONVERSION, ch.conv), (jr.NULL, ch.null)):
+        i = np.flatnonzero(w)
+        parts.append((names[i], np.full(len(i), absorbing, object), w[i],
+                      ch.value[i] if absorbing == jr.CONVERSION else np.zeros(len(i))))
+    out = pd.DataFrame({
+        "from_state": np.concatenate([p[0] for p in parts]).astype(str),
+        "to_state": np.concatenate([p[1] for p in parts]).astype(str),
+        "journeys": np.rint(np.concatenate([p[2] for p in parts])).astype(np.int64),
+        "value_cents": np.rint(np.concatenate([p[3] for p in parts])).astype(np.int64),
+    })
+    return out.sort_values(["from_state", "to_state"], kind="mergesort").reset_index(drop=True)
 
 
 def markov(paths: pd.DataFrame | PathSet, basis: str, order: int = 1) -> pd.DataFrame:
@@ -582,6 +689,20 @@ def markov(paths: pd.DataFrame | PathSet, basis: str, order: int = 1) -> pd.Data
     res = markov_removal_effects(ps, order)
     return credit_frame(ps.channels, res.removal_effect, res.removal_effect_value, model="markov", basis=basis,
                         total_conversions=ps.total_conversions, total_cents=ps.total_cents)
+
+
+def markov_from_transitions(transitions: pd.DataFrame, basis: str) -> pd.DataFrame:
+    """Tidy order-1 Markov credits from the engine's transition counts (the pack's route at order 1).
+
+    The total divided is the conversions (and cents) on the transitions into ``(conversion)``: those of the
+    touched journeys, as on the path route.
+    """
+    res = markov_removal_effects_from_transitions(transitions)
+    into = transitions["to_state"].astype(str) == jr.CONVERSION
+    total_conv = int(pd.to_numeric(transitions.loc[into, "journeys"]).sum())
+    total_cents = int(pd.to_numeric(transitions.loc[into, "value_cents"]).sum())
+    return credit_frame(res.channels, res.removal_effect, res.removal_effect_value, model="markov", basis=basis,
+                        total_conversions=total_conv, total_cents=total_cents)
 
 
 # ----------------------------------------------------------------------------------------- Shapley
@@ -725,13 +846,22 @@ def all_models(
     basis: str,
     settings: AttributionSettings,
     time_decay_weights: pd.DataFrame | None = None,
+    transitions: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Every model's tidy credits for one basis, stacked (model order as MODEL_ORDER, channels sorted)."""
+    """Every model's tidy credits for one basis, stacked (model order as MODEL_ORDER, channels sorted).
+
+    transitions: the engine's order-1 transition counts (``journeys.transition_table``) of the same journeys;
+    when given and the Markov order is 1, the Markov model is solved from them instead of counting the
+    transitions over the paths (the same numbers).
+    """
     ps = paths if isinstance(paths, PathSet) else PathSet.from_frame(paths)
     frames = [position_model(ps, m, basis, settings) for m in settings.position_models]
     if time_decay_weights is not None and len(time_decay_weights):
         frames.append(time_decay(time_decay_weights, basis, ps.total_conversions, ps.total_cents, ps.channels))
-    frames.append(markov(ps, basis, settings.markov_order))
+    if transitions is not None and settings.markov_order == 1:
+        frames.append(markov_from_transitions(transitions, basis))
+    else:
+        frames.append(markov(ps, basis, settings.markov_order))
     frames.append(shapley(ps, basis, settings.shapley_exact_max_channels, seed=settings.seed))
     out = pd.concat(frames, ignore_index=True)
     return _complete(out, list(ps.channels))
@@ -963,8 +1093,13 @@ def run_attribution(ctx, touch_key: str = "channel") -> AttributionReport:
         if cov[basis]["conversions_attributed"] == 0:
             continue
         ps = PathSet.from_frame(p)
-        frames.append(all_models(ps, basis, settings, td))
-        re = markov_removal_effects(ps, settings.markov_order).frame()
+        if settings.markov_order == 1:  # the engine counts the chain's transitions; higher orders use the paths
+            tr = jr.fetch_transitions(jr.transition_table(ctx.tables, basis, w, ob, touch_key), ctx.con)
+            res = markov_removal_effects_from_transitions(tr)
+        else:
+            tr, res = None, markov_removal_effects(ps, settings.markov_order)
+        frames.append(all_models(ps, basis, settings, td, tr))
+        re = res.frame()
         re.insert(0, "basis", basis)
         removal.append(re)
     credits = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CREDIT_COLUMNS)

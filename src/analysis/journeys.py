@@ -34,6 +34,14 @@ Distinct paths
 touch keys (channel by default) joined by ``" > "``; ``""`` for journeys without any touch in the window
 (kept so totals reconcile; the models leave them unattributed and say so).
 
+Transitions
+--------------------------------------------------------------------------------------------------
+``transition_table`` returns the order-1 Markov chain's transition counts directly: one row per
+(from_state, to_state) with ``journeys`` and ``value_cents``, states being the touch keys plus ``(start)``,
+``(conversion)`` and ``(null)``, counted with a window (``LAG``/``LEAD`` over each journey's touches in time
+order) and a GROUP BY. At most (K + 1) x (K + 2) rows leave the engine, so the Markov model costs the same
+for a thousand journeys or ten million, and no path string is parsed in Python.
+
 Time decay is computed in the engine, per touch (``time_decay_table``): weight ``2 ** (-age / half_life)``
 with the age in days from the touch to the conversion event, normalised within the journey, summed per
 channel. Grouping by (path, age vector) instead would not collapse (ages are continuous, so there would be
@@ -268,6 +276,63 @@ def journey_paths(journeys_t: ibis.Table, touches: ibis.Table) -> ibis.Table:
     )
 
 
+START, CONVERSION, NULL = "(start)", "(conversion)", "(null)"
+SPECIAL_STATES = (START, CONVERSION, NULL)
+
+
+def journey_transitions(journeys_t: ibis.Table, touches: ibis.Table) -> ibis.Table:
+    """Order-1 transition counts of the journeys' paths, aggregated in the engine.
+
+    Each touch row gives the transition from the previous touch of its journey (``LAG`` over the journey's
+    touches in time order, ties by touchpoint_id then key: the order of ``_ordered``), or from ``(start)`` for
+    the first touch; each journey's last touch (``LEAD`` is null) gives one more transition, to
+    ``(conversion)`` or ``(null)``, carrying the journey's value in cents when it converted. Journeys without a
+    touch have no transition (the models leave them unattributed, as with the paths).
+    Columns: from_state, to_state, journeys, value_cents. One row per distinct transition: at most
+    (K + 1) x (K + 2) rows for K channels, whatever the number of journeys.
+    """
+    rows = journey_touches(journeys_t, touches)
+    win = ibis.window(group_by=rows.jid, order_by=[rows.t_at, rows.t_id, rows.t_key])
+    rows = rows.select(
+        t_key=rows.t_key,
+        prev=rows.t_key.lag().over(win),
+        nxt_at=rows.t_at.lead().over(win),  # null only on the journey's last touch (t_at is never null)
+        converted=rows.converted,
+        cents=rows.cents,
+    )
+    steps = rows.select(
+        from_state=rows.prev.fill_null(START),
+        to_state=rows.t_key,
+        value_cents=ibis.literal(0).cast("int64"),
+    )
+    last = rows.filter(rows.nxt_at.isnull())
+    ends = last.select(
+        from_state=last.t_key,
+        to_state=ibis.ifelse(last.converted, ibis.literal(CONVERSION), ibis.literal(NULL)),
+        value_cents=ibis.ifelse(last.converted, last.cents, 0).cast("int64"),
+    )
+    t = steps.union(ends)
+    return t.group_by(["from_state", "to_state"]).agg(journeys=t.count(), value_cents=t.value_cents.sum())
+
+
+def transition_table(
+    tables: Mapping[str, ibis.Table],
+    basis: str,
+    w: JourneyWindow,
+    origin_by_channel: Mapping[str, str],
+    touch_key: str = "channel",
+) -> ibis.Table:
+    """Order-1 transition counts of a basis (``pipeline`` or ``revenue``), aggregated in the engine.
+
+    The same journeys and touches as ``path_table``; see ``journey_transitions`` for the columns.
+    """
+    if basis not in BASES:
+        raise ValueError(f"basis must be one of {BASES}")
+    jt = journeys(tables, basis, w)
+    touches = attributable_touches(tables, w.as_of, origin_by_channel, touch_key, jt)
+    return journey_transitions(jt, touches)
+
+
 def path_table(
     tables: Mapping[str, ibis.Table],
     basis: str,
@@ -393,6 +458,16 @@ def fetch_paths(expr: ibis.Table, con: ibis.BaseBackend | None = None) -> pd.Dat
     df["path"] = df["path"].fillna("").astype(str)
     df["value"] = df["value_cents"] / 100.0
     return df.sort_values(["segment", "path", "creation_index"], kind="mergesort").reset_index(drop=True)
+
+
+def fetch_transitions(expr: ibis.Table, con: ibis.BaseBackend | None = None) -> pd.DataFrame:
+    """Execute a transition_table expression: rows sorted by (from_state, to_state), integer counts and cents."""
+    df = to_frame(expr, con)
+    for col in ("journeys", "value_cents"):
+        df[col] = pd.to_numeric(df[col]).fillna(0).astype("int64")
+    for col in ("from_state", "to_state"):
+        df[col] = df[col].astype(str)
+    return df.sort_values(["from_state", "to_state"], kind="mergesort").reset_index(drop=True)
 
 
 def fetch_sorted(expr: ibis.Table, con: ibis.BaseBackend | None, keys: list[str]) -> pd.DataFrame:
