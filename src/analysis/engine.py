@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import ibis
+import ibis.expr.datatypes as dt
 import pandas as pd
 
 from analysis.schema import TABLES
@@ -111,6 +112,26 @@ def load_tables(con: ibis.BaseBackend, processed_dir: str | Path, source: str | 
         if path.exists():
             tables[name] = con.read_parquet(str(path), table_name=name)
     return tables
+
+
+@ibis.udf.scalar.builtin(name="unix_micros")
+def _unix_micros(ts: dt.Timestamp(timezone="UTC")) -> dt.int64:  # type: ignore[empty-body]
+    """Microseconds since 1970 of a UTC timestamp (SQL UNIX_MICROS; sqlglot writes EPOCH_US for DuckDB)."""
+
+
+# Backends where UNIX_MICROS (or its translation) exists. Elsewhere callers use the portable interval form.
+_EPOCH_MICROS_BACKENDS = frozenset({"duckdb", "pyspark"})
+
+
+def epoch_micros(ts: ibis.TimestampValue, con: ibis.BaseBackend | None) -> ibis.IntegerValue | None:
+    """Integer microseconds since 1970 of `ts` on DuckDB and Spark, or None where the backend lacks it.
+
+    Why: on DuckDB, `ts + INTERVAL` and `epoch_seconds()` on TIMESTAMPTZ go through ICU time-zone arithmetic per
+    row (~30% of the funnel query); EPOCH_US is a plain integer read.
+    """
+    if con is None or con.name not in _EPOCH_MICROS_BACKENDS:
+        return None
+    return _unix_micros(ts)
 
 
 def to_frame(expr: ibis.Expr, con: ibis.BaseBackend | None = None) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from analysis import stats
 from analysis.config import Definitions
-from analysis.engine import to_frame
+from analysis.engine import epoch_micros, to_frame
 from analysis.metrics import dims, normalise, parse_dims
 from analysis.periods import month_end, previous_months
 
@@ -54,19 +54,21 @@ TESTED_BREAKDOWNS: tuple[str | None, ...] = (None, "segment", "origin")
 SHOWN_BREAKDOWNS: tuple[str | None, ...] = (None, "segment", "origin", "channel")
 
 
-def _cohort_counts(table: ibis.Table, pair: StagePair, window_days: int, as_of: pd.Timestamp) -> ibis.Table:
+def _cohort_counts(
+    table: ibis.Table, pair: StagePair, window_days: int, as_of: pd.Timestamp, con=None
+) -> ibis.Table:
     """Ibis expression: entered / converted counts per cohort month, segment and channel for one pair."""
     as_of_lit = ibis.literal(as_of.to_pydatetime())
     entered = table.filter(table[pair.entry].notnull() & (table[pair.entry] < as_of_lit))
     start, end = entered[pair.entry], entered[pair.exit]
-    # Within the window: 0 <= exit - entry <= W days, as timestamp comparisons. (epoch_seconds() compiles to
-    # EPOCH(CAST(ts AS TIMESTAMP)) on DuckDB, a per-row time-zone conversion that doubled the query's cost.)
-    converted = (
-        end.notnull()
-        & (end < as_of_lit)
-        & (end >= start)
-        & (end <= start + ibis.interval(seconds=window_days * SECONDS_PER_DAY))
-    )
+    # Within the window: 0 <= exit - entry <= W days. Where the engine has integer epoch microseconds the
+    # difference is taken on those; elsewhere as a timestamp + interval comparison (same result).
+    start_us, end_us = epoch_micros(start, con), epoch_micros(end, con)
+    if start_us is not None:
+        in_window = end_us - start_us <= window_days * SECONDS_PER_DAY * 1_000_000
+    else:
+        in_window = end <= start + ibis.interval(seconds=window_days * SECONDS_PER_DAY)
+    converted = end.notnull() & (end < as_of_lit) & (end >= start) & in_window
     return (
         entered.mutate(
             month=entered[pair.entry].truncate("M"),
@@ -99,7 +101,7 @@ def cohort_counts(
         else:
             source = _with_won_at(tables["opportunities"])
         window = definitions.window_days(pair.key)
-        counts = _cohort_counts(source, pair, window, as_of)
+        counts = _cohort_counts(source, pair, window, as_of, con)
         parts.append(counts.mutate(pair=ibis.literal(pair.key), window_days=ibis.literal(window, "int64")))
     if not parts:
         return pd.DataFrame(
