@@ -19,10 +19,13 @@ import io
 import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -32,6 +35,7 @@ import pyarrow.parquet as pq
 
 from analysis.config import Definitions, load_definitions
 from analysis.errors import InputFileError
+from analysis.ingest_chunks import CHUNK_ROWS, CrossRow, Spill, connect
 from analysis.mappings import ColumnSpec, CsvOptions, Mapping, TableMapping, load_mapping, resolve_sources
 from analysis.schema import MONEY, TABLES, TS
 from analysis.validation import (
@@ -39,9 +43,7 @@ from analysis.validation import (
     apply_bands,
     check_consistency,
     check_date_order,
-    check_orphans,
     check_schema,
-    check_stage_history_order,
     parse_bool,
     parse_money,
     parse_timestamps,
@@ -73,6 +75,7 @@ MAIN_TIMESTAMP = {
     "targets": "period",
 }
 TABLE_ORDER = ("opportunities", "leads", "stage_history", "touchpoints", "targets", "forecasts")
+PSEUDONYM_PAIRS = pa.schema([("value", pa.string()), ("pseudonym", pa.string())])
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "use_dictionary": True, "write_statistics": True}
 
 
@@ -114,21 +117,71 @@ class IngestResult:
 
 @dataclass
 class _Raw:
-    """One source file as read: every value a string exactly as in the file (not trimmed)."""
+    """One source file: every value a string exactly as in the file (not trimmed), typed Parquet timestamps kept.
+
+    A CSV file is read whole (`columns`, `lines`); a Parquet file is read in chunks of records (`chunks`), and
+    whole only when a lookup needs it (`full`)."""
 
     path: Path
     rel: str  # relative to the raw folder (posix)
     shown: str  # the path as the user gave it, for messages
     header: list[str]
-    columns: dict[str, pa.Array]  # blank records dropped
-    lines: np.ndarray  # physical line where each record starts (header = line 1; Parquet: row number)
+    columns: dict[str, pa.Array]  # blank records dropped (Parquet: empty until `full` is called)
+    lines: np.ndarray | None  # physical line where each record starts (header = line 1); Parquet: None
     sha256: str = ""
     size: int = 0
     blank_rows: int = 0
+    rows: int = -1  # records (CSV: len(lines))
+    parquet_names: dict[str, str] = field(default_factory=dict)  # Parquet: stripped name -> name in the file
+    types: dict[str, pa.DataType] = field(default_factory=dict)  # the type each column is read as
+
+    def __post_init__(self) -> None:
+        if self.lines is not None:
+            self.rows = len(self.lines)
+        if not self.types:
+            self.types = dict.fromkeys(self.header, pa.string())
 
     @property
     def n(self) -> int:
-        return len(self.lines)
+        return self.rows
+
+    def full(self) -> dict[str, pa.Array]:
+        """Every column of the whole file (lookups)."""
+        if self.parquet_names and not self.columns:
+            parts = list(self.chunks(self.header, max(self.rows, 1)))
+            self.columns = {c: pa.concat_arrays([p[1][c] for p in parts]) if parts else pa.array([], self.types[c])
+                            for c in self.header}
+        return self.columns
+
+    def all_lines(self) -> np.ndarray:
+        return self.lines if self.lines is not None else np.arange(1, self.rows + 1, dtype=np.int64)
+
+    def chunks(self, names: list[str], chunk_rows: int) -> Iterator[tuple[int, dict[str, pa.Array], np.ndarray]]:
+        """(first record, columns, line of each record) for consecutive chunks of at most chunk_rows records."""
+        if not self.parquet_names:
+            for start in range(0, self.rows, chunk_rows):
+                n = min(chunk_rows, self.rows - start)
+                yield start, {c: self.columns[c].slice(start, n) for c in names}, self.lines[start:start + n]
+            return
+        try:
+            pf = pq.ParquetFile(self.path)
+            start = 0
+            if not names:  # nothing to read but the record count
+                for i in range(pf.metadata.num_row_groups):
+                    k = pf.metadata.row_group(i).num_rows
+                    for s in range(0, k, chunk_rows):
+                        n = min(chunk_rows, k - s)
+                        yield start, {}, np.arange(start + 1, start + n + 1, dtype=np.int64)
+                        start += n
+                return
+            cols = [self.parquet_names[c] for c in names]
+            for batch in pf.iter_batches(batch_size=chunk_rows, columns=cols, use_threads=True):
+                n = batch.num_rows
+                out = {c: _parquet_text(batch.column(i)) for i, c in enumerate(names)}
+                yield start, out, np.arange(start + 1, start + n + 1, dtype=np.int64)
+                start += n
+        except (pa.ArrowException, OSError) as exc:
+            _fail(self.shown, f"unreadable Parquet file: {exc}", rule="unreadable")
 
 
 def _fail(shown: str, message: str, *, rule: str, column: str | None = None, row: int | None = None) -> None:
@@ -331,23 +384,40 @@ def _skip_blank_rows(row: pacsv.InvalidRow) -> str:
     return "skip" if not (row.text or "").strip() else "error"
 
 
+def _parquet_text(col: pa.Array) -> pa.Array:
+    """A Parquet column as ingest reads it: timestamps typed (no detour through text), anything else as text."""
+    if pa.types.is_timestamp(col.type):
+        return col.cast(pa.timestamp("us", tz="UTC" if col.type.tz else None))
+    if pa.types.is_boolean(col.type):
+        col = pc.if_else(col, "true", "false")
+    elif not pa.types.is_string(col.type):
+        col = col.cast(pa.string())
+    return pc.fill_null(col.cast(pa.string()), "")
+
+
 def _read_parquet(path: Path, rel: str, shown: str) -> _Raw:
+    """Open a Parquet file (schema and row count only; the records are read chunk by chunk)."""
     try:
-        table = pq.read_table(path)
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
     except (pa.ArrowException, OSError) as exc:
         _fail(shown, f"unreadable Parquet file: {exc}", rule="unreadable")
-    cols = {}
-    for name, col in zip(table.column_names, table.columns, strict=True):
-        col = col.combine_chunks()
-        if pa.types.is_timestamp(col.type):  # kept typed: parsed without a detour through text
-            cols[name.strip()] = col.cast(pa.timestamp("us", tz="UTC" if col.type.tz else None))
-            continue
-        if pa.types.is_boolean(col.type):
-            col = pc.if_else(col, "true", "false")
-        elif not pa.types.is_string(col.type):
-            col = col.cast(pa.string())
-        cols[name.strip()] = pc.fill_null(col.cast(pa.string()), "")
-    return _Raw(path, rel, shown, list(cols), cols, np.arange(1, table.num_rows + 1, dtype=np.int64))
+    names, types = {}, {}
+    for f in schema:
+        names[f.name.strip()] = f.name
+        types[f.name.strip()] = (pa.timestamp("us", tz="UTC" if f.type.tz else None)
+                                 if pa.types.is_timestamp(f.type) else pa.string())
+    return _Raw(path, rel, shown, list(names), {}, None, rows=pf.metadata.num_rows, parquet_names=names,
+                types=types)
+
+
+def _sha256(path: Path) -> str:
+    """The file's hash, read in blocks (a Parquet export can be larger than memory)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
 
 
 class _Reader:
@@ -366,13 +436,15 @@ class _Reader:
         if key not in self.cache:
             shown = str(self.raw_dir / rel)
             try:
-                raw = path.read_bytes()
+                size = path.stat().st_size
+                raw = b"" if is_parquet else path.read_bytes()
+                digest = _sha256(path) if is_parquet else hashlib.sha256(raw).hexdigest()
             except OSError as exc:
                 _fail(shown, f"unreadable file: {exc.strerror}", rule="unreadable")
-            if not raw:
+            if not size:
                 _fail(shown, "empty file (0 bytes)", rule="empty_file")
             rf = _read_parquet(path, rel, shown) if is_parquet else _read_csv(path, rel, shown, raw, opts)
-            rf.sha256, rf.size = hashlib.sha256(raw).hexdigest(), len(raw)
+            rf.sha256, rf.size = digest, size
             self.cache[key] = rf
         return self.cache[key]
 
@@ -406,10 +478,8 @@ class _Mapped:
     problems: list[Problem]
     type_bad: dict[str, np.ndarray]
     date_only: dict[str, np.ndarray]
-    rows_filtered: int
-    ignored: tuple[str, ...]
-    missing: tuple[str, ...]
     pseudonyms: dict[str, dict[str, str]]  # source column -> {trimmed raw value: pseudonym}
+    pseudonymized: dict[str, dict[str, str]]  # canonical column -> {value: pseudonym} (for the whole-column check)
 
 
 def _trim(arr: pa.Array) -> pa.Array:
@@ -435,13 +505,25 @@ def _const(value: str, n: int) -> pa.Array:
     return pa.array(np.full(n, value, dtype=object), pa.string())
 
 
-def _source(tm: TableMapping, reader: _Reader, raw_dir: Path) -> tuple[list[_Raw], _Src, int, set, set]:
-    """Concatenate the table's source files (needed columns only), apply `where` and `unpivot`."""
+@dataclass
+class _Sources:
+    """A table's source files, the columns it reads, and what the column checks found."""
+
+    files: list[_Raw]
+    needed: list[str]
+    ignored: set[str]
+    missing: set[str]
+    text: set[str]  # columns whose type differs between files: read as text from every file
+    filtered: int = 0  # records left out by `where` (counted as the chunks are read)
+
+
+def _sources(tm: TableMapping, reader: _Reader, raw_dir: Path) -> _Sources:
+    """Open the table's source files and check they have the columns the mapping needs (file-level errors)."""
     files = [reader.read(p, tm.csv, tm.table) for p in resolve_sources(raw_dir, tm.sources)]
     needed = sorted(set(tm.source_columns()) | {lk.on for lk in tm.lookups.values()})
     schema = TABLES[tm.table]
-    parts, filtered, ignored, missing = [], 0, set(), set()
-    for i, rf in enumerate(files):
+    ignored, missing = set(), set()
+    for rf in files:
         have = set(rf.header)
         for cname, spec in tm.columns.items():
             if spec.source is not None and spec.source not in have:
@@ -456,33 +538,54 @@ def _source(tm: TableMapping, reader: _Reader, raw_dir: Path) -> tuple[list[_Raw
             _fail(rf.shown, "none of the unpivot columns is present", rule="required_column",
                   column=tm.unpivot.value_to)
         ignored |= have - set(needed)
-        part = _Src({c: rf.columns[c] if c in have else _const("", rf.n) for c in needed},
-                    np.full(rf.n, i, dtype=np.int64), np.arange(rf.n, dtype=np.int64), rf.lines)
-        for col, keep in tm.where.items():
-            mask = _np(pc.is_in(_trim(part.cols[col]), value_set=pa.array(list(keep), pa.string())))
-            filtered += int((~mask).sum())
-            part = part.take(np.flatnonzero(mask))
-        parts.append(part)
-    src = _Src({c: _concat([p.cols[c] for p in parts]) for c in needed},
-               *(np.concatenate([getattr(p, a) for p in parts]) if parts else np.zeros(0, np.int64)
-                 for a in ("file", "rec", "line")))
-    if tm.unpivot is not None:
-        up = tm.unpivot
-        cells, names, order = [], [], []
-        for j, col in enumerate(sorted(up.columns)):
-            if col not in src.cols:
-                continue
-            pos = np.flatnonzero(_np(pc.not_equal(_trim(src.cols[col]), "")))
-            cells.append((pos, src.cols[col].take(pa.array(pos, pa.int64()))))
-            names.append(np.full(len(pos), up.columns[col], dtype=object))
-            order.append(np.full(len(pos), j))
-        pos = np.concatenate([p for p, _ in cells])
-        rank = np.lexsort((np.concatenate(order), pos))  # record order, then unpivot column order
-        long = src.take(pos[rank])
-        long.cols["_unpivot_value"] = _concat([c for _, c in cells]).take(pa.array(rank, pa.int64()))
-        long.cols["_unpivot_name"] = pa.array(np.concatenate(names)[rank], pa.string())
-        src = long
-    return files, src, filtered, ignored, missing
+    # Text wins when files disagree on a column's type (CSV vs typed Parquet): the same rule for every chunk.
+    text = {c for c in needed if len({rf.types.get(c, pa.string()) for rf in files}) > 1}
+    return _Sources(files, needed, ignored, missing, text)
+
+
+def _as_text(arr: pa.Array) -> pa.Array:
+    return arr if pa.types.is_string(arr.type) else pc.fill_null(arr.cast(pa.string()), "")
+
+
+def _source_chunks(tm: TableMapping, srcs: _Sources, chunk_rows: int) -> Iterator[_Src]:
+    """The table's records chunk by chunk, in file order, after `where` and `unpivot` (both row-local)."""
+    yielded = False
+    for i, rf in enumerate(srcs.files):
+        have = [c for c in srcs.needed if c in rf.header]
+        for start, cols, lines in rf.chunks(have, chunk_rows):
+            n = len(lines)
+            part = _Src({c: (_as_text(cols[c]) if c in srcs.text else cols[c]) if c in cols else _const("", n)
+                         for c in srcs.needed},
+                        np.full(n, i, dtype=np.int64), np.arange(start, start + n, dtype=np.int64), lines)
+            for col, keep in tm.where.items():
+                mask = _np(pc.is_in(_trim(part.cols[col]), value_set=pa.array(list(keep), pa.string())))
+                srcs.filtered += int((~mask).sum())
+                part = part.take(np.flatnonzero(mask))
+            yielded = True
+            yield _unpivot(tm, part) if tm.unpivot is not None else part
+    if not yielded:  # no records: map an empty chunk all the same (lookups and pseudonyms are still checked)
+        empty = np.zeros(0, np.int64)
+        part = _Src({c: pa.array([], pa.string()) for c in srcs.needed}, empty, empty, empty)
+        yield _unpivot(tm, part) if tm.unpivot is not None else part
+
+
+def _unpivot(tm: TableMapping, src: _Src) -> _Src:
+    """Wide -> long: one row per non-blank unpivot cell, in record order, then unpivot column order."""
+    up = tm.unpivot
+    cells, names, order = [], [], []
+    for j, col in enumerate(sorted(up.columns)):
+        if col not in src.cols:
+            continue
+        pos = np.flatnonzero(_np(pc.not_equal(_trim(src.cols[col]), "")))
+        cells.append((pos, src.cols[col].take(pa.array(pos, pa.int64()))))
+        names.append(np.full(len(pos), up.columns[col], dtype=object))
+        order.append(np.full(len(pos), j))
+    pos = np.concatenate([p for p, _ in cells])
+    rank = np.lexsort((np.concatenate(order), pos))  # record order, then unpivot column order
+    long = src.take(pos[rank])
+    long.cols["_unpivot_value"] = _concat([c for _, c in cells]).take(pa.array(rank, pa.int64()))
+    long.cols["_unpivot_name"] = pa.array(np.concatenate(names)[rank], pa.string())
+    return long
 
 
 def _lookup(tm: TableMapping, name: str, reader: _Reader, raw_dir: Path, cache: dict) -> tuple[dict, _Raw]:
@@ -497,8 +600,8 @@ def _lookup(tm: TableMapping, name: str, reader: _Reader, raw_dir: Path, cache: 
     for rf in files:
         if lk.key not in rf.header:
             _fail(rf.shown, f"lookup key column '{lk.key}' is missing", rule="required_column", column=lk.key)
-    keys = _concat([_trim(rf.columns[lk.key]) for rf in files])
-    lines = np.concatenate([rf.lines for rf in files])
+    keys = _concat([_trim(rf.full()[lk.key]) for rf in files])
+    lines = np.concatenate([rf.all_lines() for rf in files])
     keyed = pd.Series(_np(keys))
     dup = keyed.duplicated(keep=False) & keyed.ne("")
     if dup.any():
@@ -515,22 +618,23 @@ def _lookup_values(tm: TableMapping, name: str, col: str, keys: pa.Array, reader
     table, first = _lookup(tm, name, reader, raw_dir, cache)
     if any(col not in rf.header for rf in table["files"]):
         _fail(first.shown, f"column '{col}' used by lookup '{name}' is missing", rule="required_column", column=col)
-    values = _concat([_trim(rf.columns[col]) for rf in table["files"]])
+    values = _concat([_trim(rf.full()[col]) for rf in table["files"]])
     idx = pc.index_in(keys, value_set=table["keys"])
     out = pc.fill_null(values.take(idx), "")
     unmatched = _np(idx.is_null()) & _np(pc.not_equal(keys, ""))
     return out, unmatched
 
 
-def _map_table(tm: TableMapping, mapping: Mapping, defs: dict, reader: _Reader, raw_dir: Path) -> _Mapped:
-    files, src, filtered, ignored, missing = _source(tm, reader, raw_dir)
+def _map_chunk(tm: TableMapping, mapping: Mapping, defs: dict, reader: _Reader, raw_dir: Path, files: list[_Raw],
+               src: _Src, lookup_cache: dict) -> _Mapped:
+    """Map one chunk of a table's records onto the canonical columns (typed), with the row-local problems."""
     schema = TABLES[tm.table]
     n = len(src)
     problems: list[Problem] = []
     type_bad: dict[str, np.ndarray] = {}
     date_only: dict[str, np.ndarray] = {}
     canon: dict[str, pd.Series] = {}
-    lookup_cache: dict = {}
+    pseudonymized: dict[str, dict[str, str]] = {}
     orphan_reported: set[str] = set()
     given_flags: dict[str, pd.Series] = {}
     pseudonyms: dict[str, dict[str, str]] = {}
@@ -614,6 +718,7 @@ def _map_table(tm: TableMapping, mapping: Mapping, defs: dict, reader: _Reader, 
                 s = pc.fill_null(pa.array(list(table.values()), pa.string()).take(idx), "")
                 if spec.source is not None:
                     pseudonyms[spec.source] = table
+                pseudonymized[cname] = table
             canon[cname] = _pd_strings(pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s))
 
     st = defs["stages"]["opportunity"]
@@ -633,8 +738,7 @@ def _map_table(tm: TableMapping, mapping: Mapping, defs: dict, reader: _Reader, 
     df = pd.DataFrame({c.name: canon[c.name].reset_index(drop=True) for c in schema.columns})
     if given_flags:
         problems += check_consistency(df, given_flags, defs)
-    return _Mapped(tm.table, df, files, src, problems, type_bad, date_only, filtered, tuple(sorted(ignored)),
-                   tuple(sorted(missing)), pseudonyms)
+    return _Mapped(tm.table, df, files, src, problems, type_bad, date_only, pseudonyms, pseudonymized)
 
 
 def _typed_timestamps(arr: pa.Array, tz: str) -> tuple[pd.Series, np.ndarray, np.ndarray]:
@@ -689,7 +793,7 @@ def _write_parquet(table: pa.Table, path: Path) -> str:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp, **PARQUET_OPTIONS)
     os.replace(tmp, path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return _sha256(path)
 
 
 def _iso(ts: pd.Timestamp | None) -> str | None:
@@ -699,120 +803,268 @@ def _iso(ts: pd.Timestamp | None) -> str | None:
     return ts.strftime("%Y-%m-%dT%H:%M:%S") + (f".{ts.microsecond:06d}" if ts.microsecond else "") + "Z"
 
 
-def _quarantine(m: _Mapped, read_cols: list[str], pseudo_sources: dict[str, dict[str, str]]) -> pd.DataFrame:
-    """One row per problem: where (file, line), what (column, rule, message) and the raw source values the
-    mapping reads (JSON, sorted keys; pseudonymized columns show their pseudonym, unmapped columns are left out
-    because they may hold contact data)."""
-    if not m.problems:
-        return _quarantine_empty()
-    rows = np.concatenate([p.rows for p in m.problems]).astype(np.int64)
+def _quarantine_rows(problems: list[Problem], src: _Src, files: list[_Raw], read_cols: list[str],
+                     pseudo_sources: dict[str, dict[str, str]], offset: int) -> pd.DataFrame:
+    """One row per problem of a chunk: where (file, line), what (column, rule, message) and the raw source values
+    the mapping reads (JSON, sorted keys; pseudonymized columns show their pseudonym, unmapped columns are left out
+    because they may hold contact data). `_row` is the row's position in the whole table."""
+    rows = np.concatenate([p.rows for p in problems]).astype(np.int64)
     detail = pd.DataFrame({
-        "_row": rows,
-        "column": np.concatenate([np.full(len(p.rows), p.column, dtype=object) for p in m.problems]),
-        "rule": np.concatenate([np.full(len(p.rows), p.rule, dtype=object) for p in m.problems]),
+        "_row": rows + offset,
+        "column": np.concatenate([np.full(len(p.rows), p.column, dtype=object) for p in problems]),
+        "rule": np.concatenate([np.full(len(p.rows), p.rule, dtype=object) for p in problems]),
         "message": np.concatenate([
             np.full(len(p.rows), p.message, dtype=object) if isinstance(p.message, str)
-            else np.asarray(p.message, dtype=object) for p in m.problems
+            else np.asarray(p.message, dtype=object) for p in problems
         ]),
     })
     uniq = np.unique(rows)
     records: dict[int, str] = {}
-    for fi in np.unique(m.src.file[uniq]):
-        sel = uniq[m.src.file[uniq] == fi]
-        rf = m.files[fi]
-        ix = pa.array(m.src.rec[sel], pa.int64())
-        cols = {c: _np(rf.columns[c].take(ix)) for c in read_cols if c in rf.columns}
+    for fi in np.unique(src.file[uniq]):
+        sel = uniq[src.file[uniq] == fi]
+        rf = files[fi]
+        ix = pa.array(sel, pa.int64())
+        cols = {c: _np(src.cols[c].take(ix)) for c in read_cols if c in rf.header}
         for c in cols:
             if c in pseudo_sources:
                 cols[c] = np.array([pseudo_sources[c].get(v.strip(), v) for v in cols[c]], dtype=object)
         for k, r in enumerate(sel):
             records[int(r)] = json.dumps({c: str(v[k]) for c, v in cols.items()}, sort_keys=True, ensure_ascii=False)
-    detail["source_file"] = [m.files[i].rel for i in m.src.file[rows]]
-    detail["line"] = m.src.line[rows].astype(np.int64)
-    detail["raw_record"] = detail["_row"].map(records)
+    detail["source_file"] = [files[i].rel for i in src.file[rows]]
+    detail["line"] = src.line[rows].astype(np.int64)
+    detail["raw_record"] = pd.Series(rows).map(records).to_numpy()
+    return detail
+
+
+def _quarantine(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The table's quarantine: every chunk's problems and the cross-row ones, once each, in file order."""
+    if not parts:
+        return _quarantine_empty()
+    detail = pd.concat(parts, ignore_index=True)
     detail = detail.drop_duplicates(["_row", "column", "rule", "message"])
     detail = detail.sort_values(["source_file", "line", "_row", "column", "rule", "message"], kind="mergesort")
     return detail[[f.name for f in QUARANTINE_SCHEMA]].reset_index(drop=True)
 
 
+# --------------------------------------------------------------------------------------------- one table
+
+
+@dataclass
+class _TableRun:
+    """One table after its chunks and cross-row rules: the rows to write (in DuckDB), the quarantine, the counts."""
+
+    name: str
+    rows: CrossRow
+    quarantine: pd.DataFrame
+    report: TableReport
+    latest: pd.Timestamp | None  # the latest timestamp of any kind in the kept rows
+
+
+@dataclass
+class _Tally:
+    """Counts gathered chunk by chunk: per file rows in and rows quarantined, rows per rule."""
+
+    rows_in: np.ndarray
+    rows_bad: np.ndarray
+    by_rule: dict[str, int] = field(default_factory=dict)
+
+    def add(self, files: np.ndarray, bad: np.ndarray, rule_rows: dict[str, np.ndarray]) -> None:
+        n = len(self.rows_in)
+        self.rows_in += np.bincount(files, minlength=n)
+        self.rows_bad += np.bincount(files[bad], minlength=n)
+        for rule, rows in rule_rows.items():  # chunks (and row-local vs cross-row rules) never share a row
+            self.by_rule[rule] = self.by_rule.get(rule, 0) + len(np.unique(rows))
+
+
+def _run_table(tm: TableMapping, mapping: Mapping, defs: Definitions, reader: _Reader, raw_dir: Path,
+               con: duckdb.DuckDBPyConnection, tmp: Path, chunk_rows: int, opp: CrossRow | None) -> _TableRun:
+    """Map and check a table chunk by chunk into a spill file, then run the cross-row rules over the spill."""
+    name, schema = tm.table, TABLES[tm.table]
+    srcs = _sources(tm, reader, raw_dir)
+    read_cols = tm.source_columns()
+    tally = _Tally(np.zeros(len(srcs.files), np.int64), np.zeros(len(srcs.files), np.int64))
+    parts: list[pd.DataFrame] = []
+    pseudo: dict[str, list[pa.Table]] = {}
+    lookup_cache: dict = {}
+    spill = Spill(tmp / f"{name}.spill.parquet", schema.arrow_schema)
+    try:
+        for src in _source_chunks(tm, srcs, chunk_rows):
+            m = _map_chunk(tm, mapping, defs.data, reader, raw_dir, srcs.files, src, lookup_cache)
+            m.problems += check_schema(m.canon, schema, defs.data, m.type_bad, unique=False)
+            m.problems += check_date_order(m.canon, name, m.date_only, np.zeros(len(m.canon), bool))
+            bad = _bad_mask(m)
+            if m.problems:
+                pseudo_sources = {c: m.pseudonyms.get(c, {}) for c in tm.pseudonymized_sources()}
+                parts.append(_quarantine_rows(m.problems, m.src, srcs.files, read_cols, pseudo_sources, spill.rows))
+            tally.add(m.src.file, bad, _rule_rows(m.problems))
+            for cname, table in m.pseudonymized.items():
+                pairs = {"value": pa.array(list(table), pa.string()), "pseudonym": pa.array(list(table.values()))}
+                pseudo.setdefault(cname, []).append(pa.table(pairs, schema=PSEUDONYM_PAIRS))
+            spill.append(_arrow(m.canon, name), m.src.file, m.src.rec, m.src.line, bad)
+    finally:
+        spill.close()
+    _check_pseudonyms(pseudo, srcs.files[0].shown)
+
+    rows = CrossRow(con, spill, name)
+    for c in schema.columns:
+        if c.unique:
+            rows.duplicates([c.name])
+    if len(schema.key) > 1:
+        rows.duplicates(list(schema.key))
+    if name == "stage_history":
+        st = defs.data["stages"]["opportunity"]
+        rank = {s: i for i, s in enumerate(st["open"])}
+        rank[st["won"]] = rank[st["lost"]] = len(st["open"])
+        rows.stage_order(rank, " > ".join([*st["open"], f"{st['won']}/{st['lost']}"]))
+    if opp is not None and name in ("stage_history", "touchpoints"):
+        rows.orphans(opp.kept_column("opportunity_id"), opp.all_column("opportunity_id"))
+    late = rows.late_problems()
+    if late.num_rows:
+        filtered = srcs.filtered  # the records are read again: `where` must not count twice
+        parts += _late_quarantine(late, tm, mapping, srcs, chunk_rows, read_cols)
+        srcs.filtered = filtered
+        pos, rule = late.column("_pos").to_numpy(), late.column("rule").to_numpy(zero_copy_only=False)
+        fresh = ~late.column("_bad").to_numpy(zero_copy_only=False)  # not already quarantined by a row-local rule
+        _, first = np.unique(pos[fresh], return_index=True)
+        tally.rows_bad += np.bincount(late.column("_file").to_numpy()[fresh][first], minlength=len(tally.rows_bad))
+        for r in np.unique(rule):
+            tally.by_rule[r] = tally.by_rule.get(r, 0) + len(np.unique(pos[rule == r]))
+    return _finish_table(tm, srcs, rows, _quarantine(parts), tally)
+
+
+def _rule_rows(problems: list[Problem]) -> dict[str, np.ndarray]:
+    return {rule: np.concatenate([p.rows for p in problems if p.rule == rule]) for rule in {p.rule for p in problems}}
+
+
+def _check_pseudonyms(pseudo: dict[str, list[pa.Table]], shown: str) -> None:
+    """Two different values of a column must not share a pseudonym, over the whole column (not per chunk)."""
+    for cname in sorted(pseudo):
+        pairs = pa.concat_tables(pseudo[cname]).group_by(["value", "pseudonym"]).aggregate([])
+        per = pairs.group_by("pseudonym").aggregate([("value", "count")])
+        if len(per) and pc.max(per.column("value_count")).as_py() > 1:
+            _fail(shown, "two values share a pseudonym; raise pseudonym_digits in the mapping", rule="pseudonymize",
+                  column=cname)
+
+
+def _late_quarantine(late: pa.Table, tm: TableMapping, mapping: Mapping, srcs: _Sources, chunk_rows: int,
+                     read_cols: list[str]) -> list[pd.DataFrame]:
+    """Quarantine rows of the cross-row problems: their chunks are read again for the raw records."""
+    pos = late.column("_pos").to_numpy()
+    column = late.column("column").to_numpy(zero_copy_only=False)
+    rule = late.column("rule").to_numpy(zero_copy_only=False)
+    message = late.column("message").to_numpy(zero_copy_only=False)
+    order = np.argsort(pos, kind="stable")
+    pos, column, rule, message = pos[order], column[order], rule[order], message[order]
+    prefixes = tm.pseudonymized_sources()
+    parts, offset, done = [], 0, 0
+    for src in _source_chunks(tm, srcs, chunk_rows):
+        n = len(src)
+        hi = np.searchsorted(pos, offset + n)
+        if hi > done:
+            sel = np.arange(done, hi)
+            problems = [Problem(pos[sel[m]] - offset, c, r, message[sel[m]])
+                        for c, r in sorted(set(zip(column[sel], rule[sel], strict=True)))
+                        for m in [(column[sel] == c) & (rule[sel] == r)]]
+            local = np.unique(pos[sel] - offset)
+            pseudo_sources = {}
+            for c, prefix in prefixes.items():
+                vals = {v.strip() for v in _np(src.cols[c].take(pa.array(local, pa.int64()))).astype(str)} - {""}
+                pseudo_sources[c] = {v: mapping.pseudonym(prefix, v) for v in vals}
+            parts.append(_quarantine_rows(problems, src, srcs.files, read_cols, pseudo_sources, offset))
+            done = hi
+        offset += n
+        if done == len(pos):
+            break
+    return parts
+
+
+def _finish_table(tm: TableMapping, srcs: _Sources, rows: CrossRow, quarantine: pd.DataFrame,
+                  tally: _Tally) -> _TableRun:
+    """The table's report (row accounting checked) and the extremes of its kept timestamps."""
+    name = tm.table
+    files = {rf.rel: FileReport(rf.rel, int(tally.rows_in[i]), int(tally.rows_in[i] - tally.rows_bad[i]),
+                                int(tally.rows_bad[i])) for i, rf in enumerate(srcs.files)}
+    rows_in, rows_q = int(tally.rows_in.sum()), int(tally.rows_bad.sum())
+    rep = TableReport(
+        name=name, rows_in=rows_in, rows_kept=rows_in - rows_q, rows_quarantined=rows_q,
+        quarantined_by_rule=dict(sorted(tally.by_rule.items())), source_files=tuple(rf.rel for rf in srcs.files),
+        files=files, rows_filtered=srcs.filtered, ignored_columns=tuple(sorted(srcs.ignored)),
+        missing_columns=tuple(sorted(srcs.missing)), timestamp_column=MAIN_TIMESTAMP.get(name),
+    )
+    for f in [*files.values(), rep]:
+        if f.rows_in != f.rows_kept + f.rows_quarantined or f.rows_quarantined < 0:
+            raise RuntimeError(f"row accounting broken for {name} ({f}): rows_in != kept + quarantined")
+    ts_cols = [c.name for c in TABLES[name].columns if c.type == TS]
+    col = rep.timestamp_column
+    ext = rows.extremes(sorted(set(ts_cols) | ({col} if col else set())))
+    if col and ext[col][0] is not None:
+        lo, hi = ext[col]
+        rep.min_timestamp, rep.max_timestamp = (str(lo), str(hi)) if col == "period" else (_iso(lo), _iso(hi))
+    latest = [pd.Timestamp(ext[c][1]) for c in ts_cols if ext[c][1] is not None]
+    return _TableRun(name, rows, quarantine, rep, max(latest) if latest else None)
+
+
 # --------------------------------------------------------------------------------------------- ingest
 
 
-def ingest(raw_dir: Path, mapping_path: Path, out_dir: Path, definitions: Definitions | None = None) -> IngestResult:
-    """Map, validate and write the canonical tables; bad rows to out_dir/quarantine; return the row accounting."""
+def ingest(raw_dir: Path, mapping_path: Path, out_dir: Path, definitions: Definitions | None = None,
+           chunk_rows: int = CHUNK_ROWS) -> IngestResult:
+    """Map, validate and write the canonical tables; bad rows to out_dir/quarantine; return the row accounting.
+
+    Tables are read `chunk_rows` records at a time (Parquet; a CSV file is read whole), so the size of an export
+    is bounded by disk, not memory: rows spill to a temporary folder (FUNNEL_KIT_INGEST_TMP, else the system's)."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     defs = definitions if definitions is not None else load_definitions()
     mapping = load_mapping(mapping_path, defs)
     if not raw_dir.is_dir():
         raise InputFileError("raw data folder not found", file=str(raw_dir), rule="missing_file")
     reader = _Reader(raw_dir)
+    tmp = Path(tempfile.mkdtemp(prefix="funnel-ingest-", dir=os.environ.get("FUNNEL_KIT_INGEST_TMP") or None))
+    con = connect(tmp / "duckdb")
+    try:
+        runs: dict[str, _TableRun] = {}
+        for name in TABLE_ORDER:  # a table the mapping lacks, or whose file is absent, is simply not present
+            tm = mapping.tables.get(name)
+            if tm is not None and resolve_sources(raw_dir, tm.sources):
+                opp = runs["opportunities"].rows if "opportunities" in runs else None
+                runs[name] = _run_table(tm, mapping, defs, reader, raw_dir, con, tmp, max(1, chunk_rows), opp)
+        if not runs:
+            wanted = ", ".join(sorted({s for tm in mapping.tables.values() for s in tm.sources}))
+            raise InputFileError(f"no file matches the mapping '{mapping.name}' (expected: {wanted})",
+                                 file=str(raw_dir), rule="missing_file")
+        return _publish(runs, mapping, defs, reader, raw_dir, out_dir)
+    finally:
+        con.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
-    mapped: dict[str, _Mapped] = {}
-    for name in TABLE_ORDER:  # a table the mapping lacks, or whose file is absent, is simply not present
-        tm = mapping.tables.get(name)
-        if tm is not None and resolve_sources(raw_dir, tm.sources):
-            mapped[name] = _map_table(tm, mapping, defs.data, reader, raw_dir)
-    if not mapped:
-        wanted = ", ".join(sorted({s for tm in mapping.tables.values() for s in tm.sources}))
-        raise InputFileError(f"no file matches the mapping '{mapping.name}' (expected: {wanted})", file=str(raw_dir),
-                             rule="missing_file")
 
-    bad_rows: dict[str, np.ndarray] = {}
-    for name, m in mapped.items():
-        m.problems += check_schema(m.canon, TABLES[name], defs.data, m.type_bad)
-        m.problems += check_date_order(m.canon, name, m.date_only, np.zeros(len(m.canon), bool))
-        bad = _bad_mask(m)
-        if name == "stage_history":
-            m.problems += check_stage_history_order(m.canon, defs.data, bad)
-        bad_rows[name] = _bad_mask(m)
-    if "opportunities" in mapped:
-        opp = mapped["opportunities"].canon["opportunity_id"]
-        kept_ids = pd.Index(opp[~bad_rows["opportunities"]].dropna().unique())
-        all_ids = pd.Index(opp.dropna().unique())
-        for name in ("stage_history", "touchpoints"):
-            if name in mapped:
-                mapped[name].problems += check_orphans(mapped[name].canon, kept_ids, all_ids, bad_rows[name])
-                bad_rows[name] = _bad_mask(mapped[name])
-
-    outputs: dict[str, pa.Table] = {}
-    quarantines: dict[str, pd.DataFrame] = {}
-    reports: dict[str, TableReport] = {}
-    max_ts: list[pd.Timestamp] = []
-    for name, m in mapped.items():
-        tm = mapping.tables[name]
-        bad = bad_rows[name]
-        kept = m.canon[~bad]
-        key = list(TABLES[name].key)
-        kept = kept.sort_values(key, kind="mergesort", na_position="last").reset_index(drop=True)
-        outputs[name] = _arrow(kept, name)
-        pseudo_sources = {src: m.pseudonyms.get(src, {}) for src in tm.pseudonymized_sources()}
-        quarantines[name] = _quarantine(m, tm.source_columns(), pseudo_sources)
-        reports[name] = _report(m, bad)
-        for c in TABLES[name].columns:
-            if c.type == TS and kept[c.name].notna().any():
-                max_ts.append(kept[c.name].max())
-
+def _publish(runs: dict[str, _TableRun], mapping: Mapping, defs: Definitions, reader: _Reader, raw_dir: Path,
+             out_dir: Path) -> IngestResult:
+    """Everything is validated: write (each file atomically), drop stale tables, then the manifest."""
     # Without a stated snapshot, the export is taken to be made at the end of the UTC day of its latest record:
     # an export holding events up to 23:59 on 31 October covers October completely.
-    latest = max(max_ts) if max_ts else None
+    latest = max((r.latest for r in runs.values() if r.latest is not None), default=None)
     as_of_ts = mapping.as_of if mapping.as_of is not None else (
         latest.floor("D") + pd.Timedelta(days=1) if latest is not None else None
     )
     as_of = _iso(as_of_ts) or ""
 
-    # Everything is validated: write (each file atomically), drop stale tables, then the manifest.
     out_dir.mkdir(parents=True, exist_ok=True)
     hashes: dict[str, str] = {}
     for name in TABLES:
         path = out_dir / f"{name}.parquet"
-        if name in outputs:
-            hashes[f"{name}.parquet"] = _write_parquet(outputs[name], path)
+        if name in runs:
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            runs[name].rows.write_sorted(TABLES[name].arrow_schema, list(TABLES[name].key), tmp, PARQUET_OPTIONS)
+            os.replace(tmp, path)
+            hashes[f"{name}.parquet"] = _sha256(path)
         elif path.exists():
             path.unlink()
-        q = quarantines.get(name, _quarantine_empty())
+        q = runs[name].quarantine if name in runs else _quarantine_empty()
         qt = pa.Table.from_pandas(q, schema=QUARANTINE_SCHEMA, preserve_index=False).replace_schema_metadata(None)
         hashes[f"{QUARANTINE_DIR}/{name}.parquet"] = _write_parquet(qt, out_dir / QUARANTINE_DIR / f"{name}.parquet")
 
+    reports = {name: r.report for name, r in runs.items()}
     manifest = _manifest(mapping, defs, as_of, reader, raw_dir, reports, hashes)
     manifest_path = out_dir / MANIFEST_NAME
     tmp = manifest_path.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}")
@@ -832,35 +1084,6 @@ def _bad_mask(m: _Mapped) -> np.ndarray:
     for p in m.problems:
         bad[p.rows] = True
     return bad
-
-
-def _report(m: _Mapped, bad: np.ndarray) -> TableReport:
-    files: dict[str, FileReport] = {}
-    for i, rf in enumerate(m.files):
-        sel = m.src.file == i
-        files[rf.rel] = FileReport(rf.rel, int(sel.sum()), int((sel & ~bad).sum()), int((sel & bad).sum()))
-    by_rule_n = {
-        rule: int(len(np.unique(np.concatenate([p.rows for p in m.problems if p.rule == rule]))))
-        for rule in sorted({p.rule for p in m.problems})
-    }
-    rows_in, rows_q = len(m.canon), int(bad.sum())
-    rep = TableReport(
-        name=m.name, rows_in=rows_in, rows_kept=rows_in - rows_q, rows_quarantined=rows_q,
-        quarantined_by_rule=by_rule_n, source_files=tuple(rf.rel for rf in m.files), files=files,
-        rows_filtered=m.rows_filtered, ignored_columns=m.ignored, missing_columns=m.missing,
-        timestamp_column=MAIN_TIMESTAMP.get(m.name),
-    )
-    for f in [*files.values(), rep]:
-        if f.rows_in != f.rows_kept + f.rows_quarantined:
-            raise RuntimeError(f"row accounting broken for {m.name} ({f}): rows_in != kept + quarantined")
-    col = rep.timestamp_column
-    kept = m.canon.loc[~bad, col] if col else None
-    if kept is not None and kept.notna().any():
-        if col == "period":
-            rep.min_timestamp, rep.max_timestamp = str(kept.min()), str(kept.max())
-        else:
-            rep.min_timestamp, rep.max_timestamp = _iso(kept.min()), _iso(kept.max())
-    return rep
 
 
 def _manifest(mapping: Mapping, defs: Definitions, as_of: str, reader: _Reader, raw_dir: Path,

@@ -229,8 +229,10 @@ def _dtype(typ: pyarrow.DataType) -> Any:
     return None  # text: Arrow-backed strings; values are checked, not the storage type
 
 
-def pandera_schema(table: Table, definitions: dict) -> pa.DataFrameSchema:
-    """The pandera schema of a canonical table (money held as Int64 cents while validating)."""
+def pandera_schema(table: Table, definitions: dict, unique: bool = True) -> pa.DataFrameSchema:
+    """The pandera schema of a canonical table (money held as Int64 cents while validating).
+
+    unique=False leaves out the uniqueness checks: chunked ingest runs them over the whole table in DuckDB."""
     columns = {}
     for c in table.columns:
         checks = []
@@ -240,9 +242,10 @@ def pandera_schema(table: Table, definitions: dict) -> pa.DataFrameSchema:
         if allowed:
             checks.append(pa.Check.isin(allowed))
         columns[c.name] = pa.Column(
-            _dtype(c.type), checks=checks, nullable=c.nullable, unique=c.unique, report_duplicates="exclude_first"
+            _dtype(c.type), checks=checks, nullable=c.nullable, unique=c.unique and unique,
+            report_duplicates="exclude_first"
         )
-    multi_key = list(table.key) if len(table.key) > 1 else None
+    multi_key = list(table.key) if len(table.key) > 1 and unique else None
     return pa.DataFrameSchema(
         columns, unique=multi_key, report_duplicates="exclude_first", strict=False, coerce=False, name=table.name
     )
@@ -260,9 +263,10 @@ def _rule_of(check: str) -> str | None:
     return None
 
 
-def check_schema(df: pd.DataFrame, table: Table, definitions: dict, type_bad: dict[str, np.ndarray]) -> list[Problem]:
+def check_schema(df: pd.DataFrame, table: Table, definitions: dict, type_bad: dict[str, np.ndarray],
+                 unique: bool = True) -> list[Problem]:
     """Run the pandera schema lazily; failure cases -> Problems (nulls caused by a bad type are not re-reported)."""
-    schema = pandera_schema(table, definitions)
+    schema = pandera_schema(table, definitions, unique)
     try:
         schema.validate(df[[c.name for c in table.columns]], lazy=True)
         return []
