@@ -3,28 +3,36 @@
     python bench/bench_attribution.py [--sizes 10000,1000000,10000000] [--no-engine] [--ca-data FILE]
 
 For each size: synthetic journeys drawn with numpy (10 channels, a Markov-chain walk, conversion depending on
-the channels seen, lognormal amounts), aggregated to distinct paths with numpy. Then, in this process and on
-the same distinct paths:
+the channels seen, lognormal amounts), aggregated to distinct paths with numpy (the peers' input). Then, in this
+process and on the same journeys:
 
-* kit markov       from the path strings: parse, exact removal effects (absorbing chain, numpy.linalg.solve),
-                   credits allocated to the cent;
-* kit markov solve the same from paths parsed beforehand (transition counting + exact solve + credits): the part
-                   that replaces the peers' simulation;
-* kit first+last+linear  the three heuristics the peers also compute, from the path strings;
+* kit engine: touches -> transitions  the pack's engine step for Markov (``journeys.journey_transitions``, the
+                   end of ``transition_table``) on Ibis/DuckDB, from journey x touch rows held as Arrow
+                   memtables: LAG/LEAD over each journey's time-ordered touches + GROUP BY; at most (K+1)(K+2) rows
+                   come back. Checked (not timed) equal to the transitions counted from the distinct paths;
+* kit engine: touches -> paths        the engine step the other models (and the peers) start from
+                   (``journeys.distinct_paths``, the end of ``path_table``);
+* kit markov from engine transitions  what the pack does at order 1 with the engine's counts: exact removal
+                   effects (absorbing chain, numpy.linalg.solve) + credits allocated to the cent. With
+                   --no-engine the counts come from the distinct paths (numpy) instead;
+* kit markov from path strings        parse the " > "-joined distinct paths, count transitions, solve, allocate
+                   (kept for comparison: the route the peers' input format implies);
+* kit markov solve (parsed paths)     the same from paths parsed beforehand;
+* kit first+last+linear               the three heuristics the peers also compute, from the path strings;
 * kit all models   first, last, linear, U, W, full path, J, inverse J, Markov, Shapley (exact), allocated to the cent;
-* kit engine       (optional) the journeys -> distinct paths step of analysis.journeys on Ibis/DuckDB, from
-                   touch rows (time decay is computed there too, per touch);
 * CA markov        ChannelAttribution.markov_model with its defaults (simulated removal effects);
 * CA heuristics    ChannelAttribution.heuristic_models;
 * mam markov       mam.MAM(grouped journeys) + run_markov (analytic);
 * mam heuristics   run_first_click + run_last_click + run_linear.
 
-Columns: seconds, journeys per second, peak memory (the step's peak resident memory above its starting
-point, sampled every 2 ms, so C++ / Rust allocations of the peers count too), ratio kit / peer on the peer rows
-(kit markov, and kit markov solve, for the Markov rows; kit first+last+linear for the heuristics rows; < 1 means
-the kit is faster). Sizes up to 100 k report the best of 3 runs, larger sizes one run. ChannelAttribution's
-example data (its sdist's Data.csv) is timed too when --ca-data points at it.
-Timed assertions never go into the unit tests; this script only prints.
+Columns: seconds (best of 3 for steps under 2 s, the machine may be shared; longer steps run once), journeys per
+second, peak memory (the step's peak resident memory above its starting point, sampled every 2 ms, so C++ / Rust
+allocations of the peers and DuckDB's count too), and on the peer rows: kit/peer (kit markov from engine
+transitions, or kit first+last+linear, over the peer), strings/peer (kit markov from path strings over the peer)
+and engine+kit / engine+peer ((engine transitions + kit markov) over (engine paths + peer): from touch rows to
+removal effects on both sides). < 1 means the kit is faster. A second table gives seconds per million journeys
+per step and size (constant = linear scaling). ChannelAttribution's example data (its sdist's Data.csv) is timed
+too when --ca-data points at it. Timed assertions never go into the unit tests; this script only prints.
 """
 
 from __future__ import annotations
@@ -83,19 +91,6 @@ class PeakRSS:
         self._t.join()
         self.peak = max(self.peak, _rss())
         self.mb = (self.peak - self.start) / 2**20
-
-
-def timed(fn, *args, repeat: int = 1, **kwargs):
-    """(result, best seconds of `repeat` runs, peak MB of the first run); stdout of the peers swallowed."""
-    best, mb = np.inf, np.nan
-    for i in range(max(1, repeat)):
-        with PeakRSS() as mem, contextlib.redirect_stdout(io.StringIO()):
-            t0 = time.perf_counter()
-            out = fn(*args, **kwargs)
-            sec = time.perf_counter() - t0
-        best = min(best, sec)
-        mb = mem.mb if i == 0 else mb
-    return out, best, mb
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -158,8 +153,16 @@ def grouped_for_mam(paths: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------- steps
 
 
+def kit_markov_transitions(transitions):
+    """Exact removal effects from the engine's transition counts + credits allocated to the cent (the pack's route
+    at order 1: ``journeys.transition_table`` -> ``attribution.markov_from_transitions``)."""
+    res = A.markov_removal_effects_from_transitions(transitions)
+    A.markov_from_transitions(transitions, "revenue")
+    return res
+
+
 def kit_markov(paths):
-    """Parse the distinct paths, solve the chain exactly, allocate the credits (returns the removal effects)."""
+    """Parse the distinct path strings, solve the chain exactly, allocate the credits (returns the removal effects)."""
     ps = A.PathSet.from_frame(paths)
     res = A.markov_removal_effects(ps)
     A.credit_frame(ps.channels, res.removal_effect, res.removal_effect_value, model="markov", basis="revenue",
@@ -168,7 +171,7 @@ def kit_markov(paths):
 
 
 def kit_markov_solve(ps):
-    """The same, from paths already parsed (what replaces the peers' simulation: counting + exact solve)."""
+    """The same, from paths already parsed (transition counting over the paths + exact solve + credits)."""
     res = A.markov_removal_effects(ps)
     A.credit_frame(ps.channels, res.removal_effect, res.removal_effect_value, model="markov", basis="revenue",
                    total_conversions=ps.total_conversions, total_cents=ps.total_cents)
@@ -185,7 +188,9 @@ def kit_all(paths, settings):
 
 
 def kit_engine(codes, lengths, converted, cents):
-    """journeys -> distinct paths with analysis.journeys on Ibis/DuckDB, from touch rows (timed separately)."""
+    """Journey touch rows as Ibis memtables on DuckDB, and the two engine steps of analysis.journeys over them:
+    touches -> transition counts (``journey_transitions``) and touches -> distinct paths (``distinct_paths``), the
+    expressions ``transition_table`` and ``path_table`` end with. Returns {step name: run()}."""
     import ibis
     import pyarrow as pa
 
@@ -194,33 +199,33 @@ def kit_engine(codes, lengths, converted, cents):
     n = len(lengths)
     jid = np.repeat(np.arange(n), lengths)
     pos = np.arange(len(jid)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    ch = codes[jid, pos].astype(np.int64) - 1
+    ch = codes[jid, pos].astype(np.int32) - 1
     base = np.datetime64("2026-01-01T00:00:00", "us")
     t_at = base + (pos * 3_600_000_000).astype("timedelta64[us]")
+    keys = pa.DictionaryArray.from_arrays(pa.array(ch), pa.array(CHANNELS)).cast(pa.string())
     touches = pa.table({
         "t_id": pa.array(np.arange(len(jid))), "t_lead": pa.nulls(len(jid), pa.string()), "t_opp": pa.array(jid),
-        "t_at": pa.array(t_at, pa.timestamp("us", tz="UTC")), "t_key": pa.array(CHANNELS[ch]),
-        "t_channel": pa.array(CHANNELS[ch]), "t_mkt": pa.array(np.ones(len(jid), bool)),
+        "t_at": pa.array(t_at, pa.timestamp("us", tz="UTC")), "t_key": keys, "t_channel": keys,
+        "t_mkt": pa.array(np.ones(len(jid), bool)),
     })
+    ts = pa.timestamp("us", tz="UTC")
     jt = pa.table({
         "jid": pa.array(np.arange(n)), "opp_id": pa.array(np.arange(n)),
         "lead_id": pa.nulls(n, pa.string()), "segment": pa.array(np.full(n, "All")),
-        "win_start": pa.array(np.full(n, base - np.timedelta64(1, "D")), pa.timestamp("us", tz="UTC")),
-        "win_end": pa.array(np.full(n, base + np.timedelta64(30, "D")), pa.timestamp("us", tz="UTC")),
-        "creation_at": pa.array(np.full(n, base + np.timedelta64(30, "D")), pa.timestamp("us", tz="UTC")),
+        "win_start": pa.array(np.full(n, base - np.timedelta64(1, "D")), ts),
+        "win_end": pa.array(np.full(n, base + np.timedelta64(30, "D")), ts),
+        "creation_at": pa.array(np.full(n, base + np.timedelta64(30, "D")), ts),
         "converted": pa.array(converted), "cents": pa.array(cents),
     })
     del jid, pos, ch, t_at
     con = ibis.duckdb.connect()
-    jp = J.journey_paths(ibis.memtable(jt), ibis.memtable(touches))
-    conv = jp.converted.cast("int64")
-    expr = jp.group_by(["segment", "path", "creation_index"]).agg(
-        journeys=jp.jid.count(), conversions=conv.sum(), nulls=(1 - conv).sum(), value_cents=(jp.cents * conv).sum())
-
-    def run():
-        return J.fetch_paths(expr, con)
-
-    return run
+    jt_t, touches_t = ibis.memtable(jt), ibis.memtable(touches)
+    tr_expr = J.journey_transitions(jt_t, touches_t)
+    path_expr = J.distinct_paths(jt_t, touches_t)
+    return {
+        "kit engine: touches -> transitions": lambda: J.fetch_transitions(tr_expr, con),
+        "kit engine: touches -> paths": lambda: J.fetch_paths(path_expr, con),
+    }
 
 
 def ca_markov(paths):
@@ -253,55 +258,97 @@ def mam_heuristics(grouped):
 
 # ------------------------------------------------------------------------------------------- main
 
+KIT_TR = "kit markov from engine transitions"
+KIT_STR = "kit markov from path strings"
+KIT_SOLVE = "kit markov solve (parsed paths)"
+KIT_H = "kit first+last+linear"
+ENG_TR = "kit engine: touches -> transitions"
+ENG_P = "kit engine: touches -> paths"
+CA_M = "CA markov_model (defaults)"
+MAM_M = "mam markov (analytic)"
 
-def bench_paths(label: str, n_journeys: int, paths: pd.DataFrame, settings, rows: list, engine_run=None):
+
+def bench_paths(label: str, n_journeys: int, paths: pd.DataFrame, settings, rows: list, engine=None):
+    """Time every step on the same journeys; append one row per step to `rows`; return {step: (s, MB, out)}."""
     grouped = grouped_for_mam(paths)
-    res = {}
     parsed = A.PathSet.from_frame(paths)
-    steps = [("kit markov (exact)", kit_markov, (paths,)),
-             ("kit markov solve (parsed paths)", kit_markov_solve, (parsed,)),
-             ("kit first+last+linear", kit_heuristics, (paths,)),
-             ("kit all models", kit_all, (paths, settings))]
-    if engine_run is not None:
-        steps.append(("kit engine: journeys -> paths", engine_run, ()))
-    steps += [("CA markov_model (defaults)", ca_markov, (paths,)), ("CA heuristic_models", ca_heuristics, (paths,)),
-              ("mam markov (analytic)", mam_markov, (grouped,)), ("mam first+last+linear", mam_heuristics, (grouped,))]
-    repeat = 3 if n_journeys <= 100_000 else 1
-    for name, fn, args in steps:
+    res = {}
+
+    def run(name, fn, *args):
         try:
-            out, sec, mb = timed(fn, *args, repeat=repeat)
+            out, sec, mb = timed(fn, *args)
         except Exception as exc:  # a peer failing at a size is reported, not fatal
             print(f"  {name}: failed ({type(exc).__name__}: {exc})", file=sys.stderr)
-            continue
+            return None
         res[name] = (sec, mb, out)
-        print(f"  {label:>10} {name:<32} {sec:9.3f} s", file=sys.stderr, flush=True)
-    kit_m = res.get("kit markov (exact)", (np.nan,))[0]
-    kit_s = res.get("kit markov solve (parsed paths)", (np.nan,))[0]
-    kit_h = res.get("kit first+last+linear", (np.nan,))[0]
-    for name, (sec, mb, _) in res.items():
-        ratio = solve = np.nan
-        if "markov" in name and not name.startswith("kit"):
-            ratio, solve = kit_m / sec, kit_s / sec
+        print(f"  {label:>10} {name:<38} {sec:9.3f} s  {mb:8.0f} MB", file=sys.stderr, flush=True)
+        return out
+
+    transitions = None
+    if engine is not None:
+        transitions = run(ENG_TR, engine[ENG_TR])
+        run(ENG_P, engine[ENG_P])
+    numpy_tr = A.transition_counts(parsed)  # the same counts from the distinct paths (not timed): a check
+    if transitions is None:
+        transitions = numpy_tr
+    else:
+        pd.testing.assert_frame_equal(transitions, numpy_tr, check_dtype=False)
+    run(KIT_TR, kit_markov_transitions, transitions)
+    run(KIT_STR, kit_markov, paths)
+    run(KIT_SOLVE, kit_markov_solve, parsed)
+    run(KIT_H, kit_heuristics, paths)
+    run("kit all models", kit_all, paths, settings)
+    run(CA_M, ca_markov, paths)
+    run("CA heuristic_models", ca_heuristics, paths)
+    run(MAM_M, mam_markov, grouped)
+    run("mam first+last+linear", mam_heuristics, grouped)
+
+    def sec(name):
+        return res.get(name, (np.nan,))[0]
+
+    for name, (s, mb, _) in res.items():
+        r = {"journeys": label, "n": n_journeys, "distinct paths": len(paths), "transitions": len(transitions),
+             "step": name, "seconds": s, "journeys/s": n_journeys / s if s > 0 else np.nan, "peak MB": mb,
+             "kit/peer": np.nan, "strings/peer": np.nan, "engine+kit / engine+peer": np.nan}
+        if name in (CA_M, MAM_M):
+            r["kit/peer"] = sec(KIT_TR) / s
+            r["strings/peer"] = sec(KIT_STR) / s
+            r["engine+kit / engine+peer"] = (sec(ENG_TR) + sec(KIT_TR)) / (sec(ENG_P) + s)
         elif name.startswith(("CA heur", "mam first")):
-            ratio = kit_h / sec
-        rows.append({"journeys": label, "distinct paths": len(paths), "step": name, "seconds": sec,
-                     "journeys/s": n_journeys / sec if sec > 0 else np.nan, "peak MB": mb, "kit/peer": ratio,
-                     "kit solve/peer": solve})
+            r["kit/peer"] = sec(KIT_H) / s
+        rows.append(r)
     return res
+
+
+def timed(fn, *args, repeat: int = 3, **kwargs):
+    """(result, best seconds, peak MB of the first run); stdout of the peers swallowed. Runs under 2 s are
+    repeated (best of `repeat`: the machine is shared), longer ones run once."""
+    best, mb = np.inf, np.nan
+    for i in range(max(1, repeat)):
+        with PeakRSS() as mem, contextlib.redirect_stdout(io.StringIO()):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            sec = time.perf_counter() - t0
+        best = min(best, sec)
+        mb = mem.mb if i == 0 else mb
+        if sec >= 2.0:
+            break
+    return out, best, mb
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,1000000,10000000", help="journey counts, comma separated")
-    ap.add_argument("--no-engine", action="store_true", help="skip the Ibis/DuckDB journeys -> paths step")
-    ap.add_argument("--engine-max", type=int, default=10_000_000, help="largest size for the engine step")
+    ap.add_argument("--no-engine", action="store_true", help="skip the Ibis/DuckDB steps (transitions counted "
+                                                              "from the distinct paths with numpy instead)")
+    ap.add_argument("--engine-max", type=int, default=10_000_000, help="largest size for the engine steps")
     ap.add_argument("--ca-data", default=None, help="ChannelAttribution's Data.csv (from its sdist) to time too")
     args = ap.parse_args(argv)
     settings = A.AttributionSettings.from_definitions(load_definitions())
     rows: list[dict] = []
     # warm-up: imports and first-call costs out of the timings
-    tiny = distinct_paths(*synthetic_journeys(2000, seed=1))
-    bench_paths("warm-up", 2000, tiny, settings, [])
+    warm = synthetic_journeys(2000, seed=1)
+    bench_paths("warm-up", 2000, distinct_paths(*warm), settings, [], None if args.no_engine else kit_engine(*warm))
     if args.ca_data:
         d = pd.read_csv(args.ca_data, sep=";")
         paths = pd.DataFrame({"path": d["path"].str.replace(r"\s*>\s*", " > ", regex=True),
@@ -316,28 +363,40 @@ def main(argv=None) -> int:
         data = synthetic_journeys(n)
         paths = distinct_paths(*data)
         agg = time.perf_counter() - t0
-        print(f"{n:,} journeys -> {len(paths):,} distinct paths (generated + aggregated in {agg:.1f} s)",
-              file=sys.stderr, flush=True)
+        print(f"{n:,} journeys ({int(data[1].sum()):,} touches) -> {len(paths):,} distinct paths (generated + "
+              f"aggregated in {agg:.1f} s)", file=sys.stderr, flush=True)
         engine = None if args.no_engine or n > args.engine_max else kit_engine(*data)
         del data
         res = bench_paths(f"{n:,}", n, paths, settings, rows, engine)
         _compare_markov(res, f"{n:,}")
         del res, paths, engine
         gc.collect()
-    table = pd.DataFrame(rows)
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 200):
-        print(table.to_string(index=False, formatters={
-            "seconds": "{:.3f}".format, "journeys/s": "{:,.0f}".format, "peak MB": "{:,.0f}".format,
-            "kit/peer": lambda v: "" if pd.isna(v) else f"{v:.3f}",
-            "kit solve/peer": lambda v: "" if pd.isna(v) else f"{v:.3f}", "distinct paths": "{:,}".format}))
+    _print_tables(pd.DataFrame(rows))
     return 0
+
+
+def _print_tables(table: pd.DataFrame) -> None:
+    ratio = lambda v: "" if pd.isna(v) else f"{v:.4f}"  # noqa: E731
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_rows", 300):
+        print(table.drop(columns="n").to_string(index=False, formatters={
+            "seconds": "{:.3f}".format, "journeys/s": "{:,.0f}".format, "peak MB": "{:,.0f}".format,
+            "kit/peer": ratio, "strings/peer": ratio, "engine+kit / engine+peer": ratio,
+            "distinct paths": "{:,}".format}))
+        synth = table[table["journeys"] != "CA Data.csv"]
+        if synth["journeys"].nunique() > 1:
+            per_m = synth.assign(v=synth["seconds"] / (synth["n"] / 1e6)).pivot(
+                index="step", columns="n", values="v")
+            per_m = per_m[sorted(per_m.columns)].reindex(synth["step"].drop_duplicates())
+            per_m.columns = [f"{c:,} j" for c in per_m.columns]
+            print("\nScaling: seconds per million journeys (constant across sizes = linear in journeys)")
+            print(per_m.to_string(float_format=lambda v: f"{v:.4f}"))
 
 
 def _compare_markov(res: dict, label: str) -> None:
     """Print how far the peers' Markov removal effects are from the kit's exact ones (not timed)."""
-    if "kit markov (exact)" not in res:
+    if KIT_TR not in res:
         return
-    kit = res["kit markov (exact)"][2].frame().set_index("channel")["removal_effect"]
+    kit = res[KIT_TR][2].frame().set_index("channel")["removal_effect"]
     kit = kit / kit.sum()
     msg = [f"  {label}: max |normalised removal effect - kit exact|:"]
     if "CA markov_model (defaults)" in res:

@@ -233,13 +233,19 @@ def _tokenize(paths: pd.Series, sep: str) -> tuple[np.ndarray, np.ndarray, np.nd
     empty = pc.equal(arr, "").to_numpy(zero_copy_only=False)
     lists = pc.split_pattern(arr, pattern=sep)
     lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-    lengths[empty] = 0
-    flat = pc.list_flatten(pc.filter(lists, pa.array(~empty)))
+    flat = pc.list_flatten(lists)  # an empty path splits into one "" token, dropped below (cheaper than filtering)
     if isinstance(flat, pa.ChunkedArray):
         flat = flat.combine_chunks()
     enc = pc.dictionary_encode(flat)
-    names = np.asarray(enc.dictionary.to_pylist(), dtype=object)
     idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    names = np.asarray(enc.dictionary.to_pylist(), dtype=object)
+    if empty.any():
+        idx = idx[np.repeat(~empty, lengths)]
+        lengths[empty] = 0
+        used = np.bincount(idx, minlength=len(names)) > 0
+        if not used.all():  # "" only came from the empty paths
+            remap = np.cumsum(used) - 1
+            idx, names = remap[idx], names[used]
     return (lengths, *_sorted_codes(idx, names))
 
 

@@ -348,7 +348,12 @@ def path_table(
         raise ValueError(f"basis must be one of {BASES}")
     jt = journeys(tables, basis, w)
     touches = attributable_touches(tables, w.as_of, origin_by_channel, touch_key, jt)
-    jp = journey_paths(jt, touches)
+    return distinct_paths(jt, touches)
+
+
+def distinct_paths(journeys_t: ibis.Table, touches: ibis.Table) -> ibis.Table:
+    """Journeys and their touches aggregated to distinct paths (``path_table``'s columns)."""
+    jp = journey_paths(journeys_t, touches)
     conv = jp.converted.cast("int64")
     return jp.group_by(["segment", "path", "creation_index"]).agg(
         journeys=jp.jid.count(),
