@@ -181,10 +181,12 @@ def _pair_sql(pair: funnel.StagePair, window_days: int, path: str, as_of: str) -
         src = (f"SELECT *, CASE WHEN coalesce(is_won, false) THEN closed_at END AS won_at, "
                f"coalesce(source_channel, 'unknown') AS channel FROM read_parquet('{path}')")
     e, x = pair.entry, pair.exit
+    # The fastest form found by hand on DuckDB: integer epoch microseconds for the window, and the month taken
+    # from a plain (UTC wall-clock) timestamp; DATE_TRUNC and interval arithmetic on TIMESTAMPTZ go through ICU.
     return f"""
-        SELECT date_trunc('month', {e}) AS month, segment, channel, count(*) AS entered,
-               sum(CASE WHEN {x} IS NOT NULL AND {x} < TIMESTAMPTZ '{as_of}'
-                         AND epoch({x}) - epoch({e}) BETWEEN 0 AND {window_days * 86400}
+        SELECT date_trunc('month', make_timestamp(epoch_us({e}))) AS month, segment, channel, count(*) AS entered,
+               sum(CASE WHEN {x} IS NOT NULL AND {x} < TIMESTAMPTZ '{as_of}' AND {x} >= {e}
+                         AND epoch_us({x}) - epoch_us({e}) <= {window_days * 86400 * 1_000_000}
                         THEN 1 ELSE 0 END) AS converted
         FROM ({src}) s
         WHERE {e} IS NOT NULL AND {e} < TIMESTAMPTZ '{as_of}'

@@ -16,7 +16,7 @@ import pandas as pd
 
 from analysis import stats
 from analysis.config import Definitions
-from analysis.engine import epoch_micros, to_frame
+from analysis.engine import epoch_micros, month_start, to_frame
 from analysis.metrics import dims, normalise, parse_dims
 from analysis.periods import month_end, previous_months
 
@@ -71,7 +71,7 @@ def _cohort_counts(
     converted = end.notnull() & (end < as_of_lit) & (end >= start) & in_window
     return (
         entered.mutate(
-            month=entered[pair.entry].truncate("M"),
+            month=month_start(start, con),
             converted=converted.cast("int64"),
         )
         .group_by(["month", "segment", "channel"])
