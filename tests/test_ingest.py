@@ -341,3 +341,147 @@ def test_demo_export_ingests_clean(tmp_path, definitions):
         assert rep.rows_quarantined == 0, (name, rep.quarantined_by_rule)
         src = pq.read_table(raw / f"{name}.parquet").sort_by([(k, "ascending") for k in KEYS[name]])
         assert pq.read_table(tmp_path / "p" / f"{name}.parquet").equals(src), name
+
+
+# ------------------------------------------------------------------------------------------ chunked ingest
+
+
+def _plant_problems(raw: Path) -> None:
+    """Bad rows across a demo export: duplicates far from their first occurrence, orphans, stage order, bad values."""
+    def edit(name: str, change) -> None:
+        t = pq.read_table(raw / f"{name}.parquet")
+        pq.write_table(change(t), raw / f"{name}.parquet")
+
+    def set_value(t: pa.Table, col: str, row: int, value) -> pa.Table:
+        vals = t.column(col).to_pylist()
+        vals[row] = value
+        return t.set_column(t.schema.get_field_index(col), col, pa.array(vals, t.schema.field(col).type))
+
+    def dup(t: pa.Table, row: int) -> pa.Table:
+        return pa.concat_tables([t, t.slice(row, 1)])
+
+    edit("leads", lambda t: set_value(set_value(dup(dup(t, 3), 40), "segment", 5, "Galactic"), "created_at", 9, None))
+    opp = pq.read_table(raw / "opportunities.parquet")
+    gone = opp.column("opportunity_id")[2].as_py()  # quarantined below: its history and touches become orphans
+    edit("opportunities", lambda t: set_value(dup(t, 1), "amount", 2, Decimal("-5.00")))
+    sh = pq.read_table(raw / "stage_history.parquet").to_pandas()
+    opp_id = sh["opportunity_id"].value_counts().index[0]  # an opportunity with several stages
+    rows = sh.index[sh["opportunity_id"] == opp_id]
+    first = rows[sh.loc[rows, "entered_at"].argmin()]  # its first stage, moved after its last one
+    late_at = sh.loc[rows, "entered_at"].max() + pd.Timedelta(days=1)
+    edit("stage_history", lambda t: dup(set_value(t, "entered_at", int(first), late_at), 5))
+    edit("touchpoints", lambda t: set_value(set_value(dup(t, 0), "opportunity_id", 11, "OPP-NOWHERE"),
+                                            "opportunity_id", 12, gone))
+
+
+def test_chunked_ingest_equals_whole_table_ingest(tmp_path, definitions):
+    """Tiny chunks give the same tables, quarantines and manifest, byte for byte, as one chunk per table."""
+    import analysis.demo as demo
+    raw = tmp_path / "raw"
+    demo.generate_demo_data(raw, n_leads=150, fmt="parquet")
+    _plant_problems(raw)
+    whole = ingest(raw, MAPPINGS / "canonical.yml", tmp_path / "whole", definitions)
+    small = ingest(raw, MAPPINGS / "canonical.yml", tmp_path / "small", definitions, chunk_rows=7)
+    assert _files(tmp_path / "whole") == _files(tmp_path / "small")
+    assert whole.tables == small.tables and whole.as_of == small.as_of
+    rules = {name: set(rep.quarantined_by_rule) for name, rep in whole.tables.items()}
+    assert {"unique", "allowed_values", "not_null"} <= rules["leads"]
+    assert {"unique", "non_negative"} <= rules["opportunities"]
+    assert {"unique", "stage_order", "orphan"} <= rules["stage_history"]
+    assert {"unique", "orphan"} <= rules["touchpoints"]
+
+
+def test_demo_export_chunked_equals_whole(tmp_path, definitions):
+    """A 3 000-lead demo export read 997 records at a time: the same bytes as read whole."""
+    import analysis.demo as demo
+    raw = tmp_path / "raw"
+    demo.generate_demo_data(raw, n_leads=3000, fmt="parquet")
+    ingest(raw, MAPPINGS / "canonical.yml", tmp_path / "whole", definitions)
+    ingest(raw, MAPPINGS / "canonical.yml", tmp_path / "small", definitions, chunk_rows=997)
+    assert _files(tmp_path / "whole") == _files(tmp_path / "small")
+
+
+def _canonical_csv(raw: Path, leads: list[dict], opportunities: list[dict] | None = None,
+                   touchpoints: list[dict] | None = None) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("leads", leads), ("opportunities", opportunities), ("touchpoints", touchpoints)):
+        if rows is not None:
+            pd.DataFrame(rows).to_csv(raw / f"{name}.csv", index=False)
+
+
+def _lead(i: int, **kw) -> dict:
+    return {"lead_id": f"L{i}", "created_at": "2026-01-05T10:00:00Z", "segment": "SMB", "source_channel": "webinar",
+            **kw}
+
+
+def test_cross_row_rules_span_chunks(tmp_path, definitions):
+    """With 2-row chunks: a key first seen in chunk 1 and again in chunk 3 is a duplicate (first kept); a touch in
+    chunk 3 naming an opportunity quarantined in chunk 1 is an orphan; as_of comes from the last chunk."""
+    raw = tmp_path / "raw"
+    leads = [_lead(i) for i in range(6)]
+    leads[4] = _lead(0, segment="Enterprise")  # chunk 3 (rows 5-6): repeats L0 of chunk 1
+    leads[5] = _lead(5, created_at="2026-02-27T23:00:00Z")
+    opps = [{"opportunity_id": f"O{i}", "created_at": "2026-01-06T00:00:00Z", "segment": "SMB", "stage": "Discovery",
+             "amount": "-1.00" if i == 0 else "10.00"} for i in range(4)]
+    touches = [{"touchpoint_id": f"T{i}", "occurred_at": "2026-01-07T00:00:00Z", "channel": "webinar",
+                "opportunity_id": "O0" if i == 4 else f"O{i % 4}" if i else ""} for i in range(6)]
+    touches[5]["touchpoint_id"] = "T1"
+    _canonical_csv(raw, leads, opps, touches)
+    whole = ingest(raw, MAPPINGS / "canonical.yml", tmp_path / "whole", definitions)
+    result = ingest(raw, MAPPINGS / "canonical.yml", tmp_path / "out", definitions, chunk_rows=2)
+    assert _files(tmp_path / "whole") == _files(tmp_path / "out")
+    q = pd.read_parquet(tmp_path / "out" / "quarantine" / "leads.parquet")
+    assert [(r.line, r.rule, r.message) for r in q.itertuples()] == [
+        (6, "unique", "duplicate lead_id 'L0' (first occurrence kept)")]
+    kept = pq.read_table(tmp_path / "out" / "leads.parquet").to_pydict()
+    assert kept["lead_id"][0] == "L0" and kept["segment"][0] == "SMB"
+    q = pd.read_parquet(tmp_path / "out" / "quarantine" / "touchpoints.parquet")
+    assert sorted((r.line, r.rule, r.message) for r in q.itertuples()) == [
+        (6, "orphan", "opportunity 'O0' was quarantined"),
+        (7, "unique", "duplicate touchpoint_id 'T1' (first occurrence kept)")]
+    assert result.tables["touchpoints"].quarantined_by_rule == {"orphan": 1, "unique": 1}
+    assert result.as_of == "2026-02-28T00:00:00Z"
+    for rep in result.tables.values():
+        assert rep.rows_in == rep.rows_kept + rep.rows_quarantined
+
+
+def test_pseudonym_collision_across_chunks_is_refused(tmp_path, definitions):
+    """Two owners sharing a pseudonym in different chunks stop the run, as they do in one chunk."""
+    mapping = yaml.safe_load((MAPPINGS / "canonical.yml").read_text())
+    mapping.update(salt="s3cret", pseudonym_digits=6)
+    mapping["tables"]["leads"]["pseudonymize"] = {"owner_id": "rep"}
+    path = tmp_path / "mapping.yml"
+    path.write_text(yaml.safe_dump(mapping))
+    m = load_mapping(path, definitions)
+    seen: dict[str, str] = {}
+    for i in range(200_000):
+        p = m.pseudonym("rep", f"owner{i}")
+        if p in seen:
+            a, b = seen[p], f"owner{i}"
+            break
+        seen[p] = f"owner{i}"
+    leads = [_lead(i, owner_id=f"x{i}") for i in range(6)]
+    leads[0]["owner_id"], leads[5]["owner_id"] = a, b
+    _canonical_csv(tmp_path / "raw", leads)
+    for chunk in (2, 100):
+        with pytest.raises(errors.InputFileError) as info:
+            ingest(tmp_path / "raw", path, tmp_path / "out", definitions, chunk_rows=chunk)
+        assert info.value.rule == "pseudonymize" and info.value.column == "owner_id"
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_in_tiny_chunks(case, tmp_path, definitions):
+    """Every bad-input case read 2 records at a time: the same outputs, or the same refusal, as read whole."""
+    raw = BAD / case
+    exp = yaml.safe_load((raw / "expected.yml").read_text())
+    mapping = exp.get("mapping", "canonical")
+    mapping_path = raw / mapping if (raw / mapping).is_file() else MAPPINGS / f"{mapping}.yml"
+    outcomes = []
+    for chunk, out in ((1_000_000, tmp_path / "whole"), (2, tmp_path / "small")):
+        try:
+            ingest(raw, mapping_path, out, definitions, chunk_rows=chunk)
+            outcomes.append(_files(out))
+        except errors.AnalysisError as err:
+            outcomes.append((type(err), str(err), err.rule, getattr(err, "row", None), err.column))
+    assert outcomes[0] == outcomes[1]
