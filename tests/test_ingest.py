@@ -427,7 +427,7 @@ def test_cross_row_rules_span_chunks(tmp_path, definitions):
                 "opportunity_id": "O0" if i == 4 else f"O{i % 4}" if i else ""} for i in range(6)]
     touches[5]["touchpoint_id"] = "T1"
     _canonical_csv(raw, leads, opps, touches)
-    whole = ingest(raw, MAPPINGS / "canonical.yml", tmp_path / "whole", definitions)
+    ingest(raw, MAPPINGS / "canonical.yml", tmp_path / "whole", definitions)
     result = ingest(raw, MAPPINGS / "canonical.yml", tmp_path / "out", definitions, chunk_rows=2)
     assert _files(tmp_path / "whole") == _files(tmp_path / "out")
     q = pd.read_parquet(tmp_path / "out" / "quarantine" / "leads.parquet")
