@@ -47,6 +47,7 @@ def connect(tmp_dir: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(config={"memory_limit": memory_limit(),
                                  "temp_directory": os.environ.get("FUNNEL_KIT_DUCKDB_TEMP_DIR") or str(tmp_dir),
                                  "preserve_insertion_order": False})
+    con.execute("SET enable_progress_bar = false")
     threads = os.environ.get("FUNNEL_KIT_DUCKDB_THREADS")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
@@ -106,13 +107,17 @@ class CrossRow:
         notnull = " AND ".join(f"{_q(c)} IS NOT NULL" for c in key)
         on = " AND ".join(f"s.{_q(c)} = d.{_q(c)}" for c in key)
         shown = " || ' / ' || ".join(f"s.{_q(c)}" for c in key)
+        # Grouping 64-bit hashes is several times cheaper than grouping strings; the (few) rows whose hash repeats
+        # are then grouped by the key itself, so a hash collision never makes a duplicate.
         self.con.execute(f"""
             INSERT INTO {self.late}
-            WITH d AS (SELECT {cols}, min(_pos) AS first FROM {self.src} WHERE {notnull}
-                       GROUP BY {cols} HAVING count(*) > 1)
+            WITH h AS (SELECT hash({cols}) AS h FROM {self.src} WHERE {notnull} GROUP BY ALL HAVING count(*) > 1),
+            c AS MATERIALIZED (SELECT _pos, {cols} FROM {self.src}
+                               WHERE {notnull} AND hash({cols}) IN (SELECT h FROM h)),
+            d AS (SELECT {cols}, min(_pos) AS first FROM c GROUP BY {cols} HAVING count(*) > 1)
             SELECT s._pos, '{','.join(key)}', 'unique',
                    'duplicate {'/'.join(key)} ''' || {shown} || ''' (first occurrence kept)'
-            FROM {self.src} s JOIN d ON {on} WHERE s._pos > d.first""")
+            FROM c s JOIN d ON {on} WHERE s._pos > d.first""")
 
     def stage_order(self, rank: dict[str, int], order: str) -> None:
         """Per opportunity, a stage entered after a later stage (ties in time broken by stage rank, then position)."""
