@@ -11,6 +11,7 @@ import pytest
 
 from analysis import brief
 from analysis.config import load_definitions
+from analysis.formats import money, pct
 from analysis.metrics import dims, normalise, read_metrics
 
 DEFS = load_definitions()
@@ -129,10 +130,10 @@ def _formats(v: float) -> set[str]:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return set()
     out = {
-        brief._pct(v),
+        pct(v),
         brief._pts(v),
         brief._pts(v).removesuffix(" pts"),
-        brief.money(v),
+        money(v),
         f"{v:.2f}x",
         f"{v:.0%}",
         f"{v:.3f}",
@@ -168,7 +169,7 @@ def test_every_number_in_the_brief_is_traceable_to_metrics(demo_pack):
     for rule in DEFS["scorecard"]["thresholds"].values():
         for v in rule.values():
             if isinstance(v, int | float):
-                allowed |= _formats(float(v)) | {f"±{float(v):.0%}", f"±{brief._pct(float(v))}", f"≥ {float(v):.2f}x"}
+                allowed |= _formats(float(v)) | {f"±{float(v):.0%}", f"±{pct(float(v))}", f"≥ {float(v):.2f}x"}
     for text in list(brief.METRIC_LABELS.values()) + list(brief.MOVE_PHRASES.values()):
         allowed |= set(NUMBER.findall(text))
     text = re.sub(r"\d{4}-(?:\d{2}|W\d{2}|Q\d)(?:-\d{2})?", " ", _brief_text(demo_pack))  # period labels, dates

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from statsmodels.stats.proportion import proportion_confint
 
-from analysis import brief, plan
+from analysis import brief, formats, plan
 from analysis.config import DEFINITIONS_FILE, load_definitions
 from analysis.context import open_context
 from analysis.engine import connect, load_tables
@@ -156,7 +156,7 @@ def test_worked_example_from_the_seed():
     needed = plan.pipeline_needed(1.5e6, {"marketing": 0.6, "sales": 0.4}, {"marketing": 0.22, "sales": 0.28})
     assert needed["marketing"] == pytest.approx(1.5e6 * 0.6 / 0.22)
     assert needed["sales"] == pytest.approx(1.5e6 * 0.4 / 0.28)
-    assert brief.money(needed["marketing"]) == "$4.1M" and brief.money(needed["sales"]) == "$2.1M"
+    assert formats.money(needed["marketing"]) == "$4.1M" and formats.money(needed["sales"]) == "$2.1M"
 
 
 def test_pipeline_needed_edge_cases():

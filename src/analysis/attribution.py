@@ -65,6 +65,7 @@ import pandas as pd
 from analysis import journeys as jr
 from analysis import metrics as mt
 from analysis.charts import new_figure
+from analysis.formats import pct
 
 SEP = jr.SEP
 BASES = jr.BASES
@@ -1180,10 +1181,6 @@ def _money(x: float) -> str:
     return f"{x:,.0f}"
 
 
-def _pct(x: float) -> str:
-    return "" if x != x else f"{x * 100:.1f}%"
-
-
 def headline(report: AttributionReport) -> str:
     """The one number the definitions choose, in a sentence per basis."""
     m = report.settings.chosen_model
@@ -1192,7 +1189,7 @@ def headline(report: AttributionReport) -> str:
     for basis, what in (("pipeline", "pipeline created"), ("revenue", "revenue won")):
         total = report.coverage[basis]["value_cents_attributed"] / 100.0
         if total:
-            parts.append(f"{_money(contrib[basis])} of {_money(total)} {what} ({_pct(contrib[basis] / total)})")
+            parts.append(f"{_money(contrib[basis])} of {_money(total)} {what} ({pct(contrib[basis] / total)})")
     if not parts:
         return "No conversions with touches in the period: nothing to attribute."
     return (f"Under the governed model ({m.replace('_', '-')}, definitions attribution.chosen_model), marketing "
@@ -1207,7 +1204,7 @@ def display_chosen(report: AttributionReport) -> pd.DataFrame:
         if basis in t:
             total = t[basis].sum()
             out[f"{basis} credit"] = t[basis].map(_money)
-            out[f"{basis} share"] = (t[basis] / total if total else t[basis] * np.nan).map(_pct)
+            out[f"{basis} share"] = (t[basis] / total if total else t[basis] * np.nan).map(pct)
     return out
 
 
@@ -1215,8 +1212,8 @@ def display_two_truth(two_truth: pd.DataFrame) -> pd.DataFrame:
     t = two_truth
     return pd.DataFrame({
         "channel": t["channel"],
-        "platform first touch": t["first_touch_share"].map(_pct),
-        "CRM last touch": t["last_touch_share"].map(_pct),
+        "platform first touch": t["first_touch_share"].map(pct),
+        "CRM last touch": t["last_touch_share"].map(pct),
         "gap (pts)": (t["share_gap"] * 100).map(lambda v: f"{v:+.1f}"),
         "first-touch pipeline": t["first_touch_value"].map(_money),
         "last-touch pipeline": t["last_touch_value"].map(_money),
@@ -1231,16 +1228,16 @@ def two_truth_text(two_truth: pd.DataFrame) -> str:
     side = "first touch (the marketing platform)" if top["share_gap"] > 0 else "last touch (the CRM)"
     return (f"The two truths disagree most on {top['channel']}: {side} gives it "
             f"{abs(top['share_gap']) * 100:.1f} points more of the opportunities "
-            f"({_pct(top['first_touch_share'])} first touch vs {_pct(top['last_touch_share'])} last touch, "
+            f"({pct(top['first_touch_share'])} first touch vs {pct(top['last_touch_share'])} last touch, "
             f"{top['value_gap']:+,.0f} of pipeline).")
 
 
 def display_roles(roles: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"pipeline by marketing role": roles["label"], "opportunities": roles["opportunities"],
-                        "pipeline": roles["value"].map(_money), "share": roles["share"].map(_pct)})
+                        "pipeline": roles["value"].map(_money), "share": roles["share"].map(pct)})
     total = pd.DataFrame({"pipeline by marketing role": ["Total pipeline created in the period"],
                           "opportunities": [int(roles["opportunities"].sum())],
-                          "pipeline": [_money(roles["value"].sum())], "share": [_pct(1.0)]})
+                          "pipeline": [_money(roles["value"].sum())], "share": [pct(1.0)]})
     return pd.concat([out, total], ignore_index=True)
 
 
@@ -1252,10 +1249,10 @@ def display_won_rates(rates: pd.DataFrame) -> pd.DataFrame:
 
     return pd.DataFrame({
         "segment": r["segment"],
-        "with marketing": [f"{w}/{n} = {_pct(x)}" for w, n, x in zip(r["won_with"], r["deals_with"], r["rate_with"],
+        "with marketing": [f"{w}/{n} = {pct(x)}" for w, n, x in zip(r["won_with"], r["deals_with"], r["rate_with"],
                                                                         strict=True)],
         "95% CI": ci(r["with_low"], r["with_high"]),
-        "without": [f"{w}/{n} = {_pct(x)}" for w, n, x in zip(r["won_without"], r["deals_without"],
+        "without": [f"{w}/{n} = {pct(x)}" for w, n, x in zip(r["won_without"], r["deals_without"],
                                                               r["rate_without"], strict=True)],
         "95% CI ": ci(r["without_low"], r["without_high"]),
         "difference": [("" if d != d else f"{d * 100:+.1f} pts") for d in r["difference"]],

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.config import Definitions
+from analysis.formats import money, pct
 from analysis.metrics import parse_dims
 from analysis.stats import is_move
 
@@ -133,29 +134,12 @@ def headline_moves(moved: pd.DataFrame) -> pd.DataFrame:
     return moved[moved["offset_of"] == ""] if "offset_of" in moved else moved
 
 
-def _pct(x: float) -> str:
-    return f"{x * 100:.1f}%"
-
-
 def _pts(x: float) -> str:
     return f"{x * 100:+.1f} pts".replace("-", "−")
 
 
 def _q(q: float) -> str:
     return "q < 0.001" if q < 0.001 else f"q = {q:.3f}"
-
-
-def money(x: float) -> str:
-    """Money for people: $1.2M, $350k, $900."""
-    if x != x:  # NaN
-        return "n/a"
-    sign = "−" if x < 0 else ""
-    a = abs(x)
-    if a >= 1e6:
-        return f"{sign}${a / 1e6:.1f}M"
-    if a >= 1e3:
-        return f"{sign}${a / 1e3:.0f}k"
-    return f"{sign}${a:.0f}"
 
 
 def move_sentence(row: pd.Series, baseline_months: int) -> str:
@@ -165,7 +149,7 @@ def move_sentence(row: pd.Series, baseline_months: int) -> str:
     direction = "fell" if change < 0 else "rose"
     if row["unit"] in SHARE_UNITS:
         text = (
-            f"{what} {direction} from {_pct(base)} to {_pct(base + change)} in {row['period']} "
+            f"{what} {direction} from {pct(base)} to {pct(base + change)} in {row['period']} "
             f"({_pts(change)}; 95% CI {_pts(row['ci_low']).removesuffix(' pts')} to {_pts(row['ci_high'])}; "
             f"{_q(row['q_value'])}; n = {int(row['n']):,})."
         )
@@ -292,7 +276,7 @@ def scorecard(metrics: pd.DataFrame, definitions: Definitions, period_months: li
         if period_months:
             m = m[m["period"] <= max(period_months)]
         m = m.drop_duplicates("period", keep="first").sort_values("period")
-        shown = (lambda v: f"{v:.2f}x") if rule.get("unit") == "x" else _pct
+        shown = (lambda v: f"{v:.2f}x") if rule.get("unit") == "x" else pct
         if m.empty:
             rows.append(
                 {
@@ -338,9 +322,9 @@ def _meets(value: float, rule: dict) -> bool:
 
 def _threshold_text(rule: dict) -> str:
     if "min" in rule:
-        return f"≥ {rule['min']:.2f}x" if rule.get("unit") == "x" else f"≥ {_pct(float(rule['min']))}"
+        return f"≥ {rule['min']:.2f}x" if rule.get("unit") == "x" else f"≥ {pct(float(rule['min']))}"
     if "band" in rule:
-        return f"within ±{_pct(float(rule['band']))}"
+        return f"within ±{pct(float(rule['band']))}"
     return ""
 
 

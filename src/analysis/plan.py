@@ -66,6 +66,7 @@ from analysis import stats
 from analysis.config import Definitions
 from analysis.engine import to_frame
 from analysis.errors import DefinitionsError
+from analysis.formats import money, pct
 from analysis.metrics import dims, empty, normalise
 from analysis.periods import Period, month_end, parse_period
 
@@ -800,20 +801,9 @@ def plan_analysis(
 # ------------------------------------------------------------------------------------------------ tables
 
 
-def _m(x: float) -> str:
-    if x != x:
-        return ""
-    sign = "−" if x < 0 else ""
-    a = abs(x)
-    if a >= 1e6:
-        return f"{sign}${a / 1e6:,.2f}M"
-    if a >= 1e3:
-        return f"{sign}${a / 1e3:,.0f}k"
-    return f"{sign}${a:,.0f}"
-
-
-def _p(x: float) -> str:
-    return "" if x != x else f"{x:.1%}"
+def money_m(x: float) -> str:
+    """Plan tables' money: millions to two decimals, blank when missing."""
+    return money(x, millions_digits=2, missing="")
 
 
 def performance_table(result: PlanResult) -> pd.DataFrame:
@@ -824,13 +814,13 @@ def performance_table(result: PlanResult) -> pd.DataFrame:
             "origin": p["origin"],
             "closed deals": p["closed"],
             "won": p["won"],
-            "win rate": [_p(v) for v in p["win_rate"]],
+            "win rate": [pct(v) for v in p["win_rate"]],
             "95% CI": [
-                f"{_p(lo)} – {_p(hi)}" if lo == lo else "" for lo, hi in zip(p["ci_low"], p["ci_high"], strict=True)
+                f"{pct(lo)} – {pct(hi)}" if lo == lo else "" for lo, hi in zip(p["ci_low"], p["ci_high"], strict=True)
             ],
-            "avg deal size (won)": [_m(v) for v in p["avg_deal_size"]],
+            "avg deal size (won)": [money_m(v) for v in p["avg_deal_size"]],
             "median cycle, closed deals (days)": p["cycle_days_median"].round(1),
-            "revenue split": [_p(v) for v in p["share"]],
+            "revenue split": [pct(v) for v in p["share"]],
             "note": ["below minimum cell size" if f == "small_cell" else "" for f in p["flag"]],
         }
     )
@@ -845,13 +835,13 @@ def model_table(result: PlanResult) -> pd.DataFrame:
                 f"{p} (next quarter)" if k == "next_quarter" else p for p, k in zip(m["period"], m["kind"], strict=True)
             ],
             "origin": m["origin"],
-            "revenue target": [_m(v) for v in m["revenue_target"]],
-            "split": [_p(v) for v in m["split"]],
-            "win rate": [_p(v) for v in m["win_rate"]],
-            "pipeline needed": [_m(v) for v in m["pipeline_needed"]],
-            "pipeline created": [_m(v) for v in m["pipeline_created"]],
+            "revenue target": [money_m(v) for v in m["revenue_target"]],
+            "split": [pct(v) for v in m["split"]],
+            "win rate": [pct(v) for v in m["win_rate"]],
+            "pipeline needed": [money_m(v) for v in m["pipeline_needed"]],
+            "pipeline created": [money_m(v) for v in m["pipeline_created"]],
             "deals created": m["deals_created"],
-            "gap (created − needed)": [_m(v) for v in m["pipeline_gap"]],
+            "gap (created − needed)": [money_m(v) for v in m["pipeline_gap"]],
             "note": m["flag"].map(_FLAG_TEXT).fillna(""),
         }
     )
@@ -894,8 +884,8 @@ def coverage_detail_table(result: PlanResult) -> pd.DataFrame:
             "segment": latest["segment"],
             "snapshot": [t.strftime("%Y-%m-%d %H:%M UTC") for t in latest["snapshot"]],
             "open deals counted": latest["open_deals"],
-            "open pipeline": [_m(v) for v in latest["open_pipeline"]],
-            f"quota next {result.settings.coverage_window_days} days": [_m(v) for v in latest["remaining_quota"]],
+            "open pipeline": [money_m(v) for v in latest["open_pipeline"]],
+            f"quota next {result.settings.coverage_window_days} days": [money_m(v) for v in latest["remaining_quota"]],
             "coverage": [("" if v != v else f"{v:.2f}x") for v in latest["coverage"]],
             "status": [
                 ""
@@ -918,9 +908,9 @@ def accuracy_table(result: PlanResult) -> pd.DataFrame:
         {
             "period": a["period"],
             "segment": a["segment"],
-            "committed forecast": [_m(v) for v in a["forecast"]],
-            "actual won": [_m(v) for v in a["actual"]],
-            "actual ÷ forecast": [_p(v) for v in a["accuracy"]],
+            "committed forecast": [money_m(v) for v in a["forecast"]],
+            "actual won": [money_m(v) for v in a["actual"]],
+            "actual ÷ forecast": [pct(v) for v in a["accuracy"]],
             f"within ±{band:.0%}": [
                 "" if v != v else ("no" if o else "yes") for v, o in zip(a["accuracy"], a["outside_band"], strict=True)
             ],
@@ -945,9 +935,9 @@ def summary_sentences(result: PlanResult) -> list[str]:
     if not head.empty and head["pipeline_gap"].iloc[0] == head["pipeline_gap"].iloc[0]:
         g = float(head["pipeline_gap"].iloc[0])
         out.append(
-            f"{result.headline}: {_m(float(head['pipeline_created'].iloc[0]))} of pipeline created against "
-            f"{_m(float(head['pipeline_needed'].iloc[0]))} needed by the contribution model — "
-            f"{_m(abs(g))} {'short' if g < 0 else 'ahead'}."
+            f"{result.headline}: {money_m(float(head['pipeline_created'].iloc[0]))} of pipeline created against "
+            f"{money_m(float(head['pipeline_needed'].iloc[0]))} needed by the contribution model — "
+            f"{money_m(abs(g))} {'short' if g < 0 else 'ahead'}."
         )
     c = result.coverage
     latest = c[(c["period"] == result.period.months[-1]) & (c["segment"] == ALL)]
