@@ -74,19 +74,6 @@ class Definitions:
         return self.data["channels"]["origin_by_channel"].get(channel, "unknown")
 
 
-REQUIRED_SECTIONS = (
-    "stages",
-    "conversion_windows",
-    "sla",
-    "segments",
-    "channels",
-    "attribution",
-    "closed_lost_themes",
-    "statistics",
-    "scorecard",
-)
-
-
 def load_definitions(path: str | Path | None = None) -> Definitions:
     """The definitions at `path` (default config/definitions.yml), validated, with their hash."""
     from analysis.definitions import validate_definitions  # local: keeps config import-light

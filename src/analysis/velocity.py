@@ -438,6 +438,22 @@ def _cohort_bucket(counts: pd.DataFrame, windows: PeriodWindows, tested_months: 
     )
 
 
+def _km_median_row(metric: str, dimensions: str, period: str, r: Any) -> dict:
+    """A metrics row for a Kaplan-Meier median from a km_summary row (flag not_reached when it is NaN)."""
+    return {
+        "metric": metric,
+        "dimensions": dimensions,
+        "period": period,
+        "value": r.km_median,
+        "ci_low": r.ci_low,
+        "ci_high": r.ci_high,
+        "n": r.deals,
+        "unit": "days",
+        "method": "km",
+        "flag": "" if r.km_median == r.km_median else "not_reached",
+    }
+
+
 def days_to_close_metrics(counts: pd.DataFrame, windows: PeriodWindows) -> pd.DataFrame:
     """KM median days to close (total, segment, origin) with the naive closed-only mean beside it."""
     rows = []
@@ -446,20 +462,7 @@ def days_to_close_metrics(counts: pd.DataFrame, windows: PeriodWindows) -> pd.Da
         s = km_summary(trailing, by)
         for r in s.itertuples(index=False):
             d = dims(**({by: r.group} if by else {}))
-            rows.append(
-                {
-                    "metric": "days_to_close_median",
-                    "dimensions": d,
-                    "period": windows.label,
-                    "value": r.km_median,
-                    "ci_low": r.ci_low,
-                    "ci_high": r.ci_high,
-                    "n": r.deals,
-                    "unit": "days",
-                    "method": "km",
-                    "flag": "" if r.km_median == r.km_median else "not_reached",
-                }
-            )
+            rows.append(_km_median_row("days_to_close_median", d, windows.label, r))
             rows.append(
                 {
                     "metric": "days_to_close_naive_mean_closed",
@@ -612,20 +615,8 @@ def stage_metrics(stage_counts: pd.DataFrame, windows: PeriodWindows) -> pd.Data
         for by in (None, "segment"):
             s = km_summary(c, by, weight="entries")
             for r in s.itertuples(index=False):
-                rows.append(
-                    {
-                        "metric": "time_in_stage_median",
-                        "dimensions": dims(stage=stage, **({by: r.group} if by else {})),
-                        "period": windows.label,
-                        "value": r.km_median,
-                        "ci_low": r.ci_low,
-                        "ci_high": r.ci_high,
-                        "n": r.deals,
-                        "unit": "days",
-                        "method": "km",
-                        "flag": "" if r.km_median == r.km_median else "not_reached",
-                    }
-                )
+                d = dims(stage=stage, **({by: r.group} if by else {}))
+                rows.append(_km_median_row("time_in_stage_median", d, windows.label, r))
     return _frame(rows)
 
 
