@@ -10,7 +10,10 @@ row-group size, so the output bytes do not depend on the chunk size.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -72,6 +75,10 @@ class Spill:
         self._writer = pq.ParquetWriter(path, self.schema, compression="lz4", use_dictionary=False,
                                         write_statistics=False)
         self.rows = 0
+        # One write in flight in a background thread (Parquet encoding releases the GIL): the next chunk is mapped
+        # meanwhile. Its error, if any, is raised by the next append or by close.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-spill")
+        self._pending: Future | None = None
 
     def append(self, canon: pa.Table, file: np.ndarray, rec: np.ndarray, line: np.ndarray, bad: np.ndarray) -> None:
         """Append one chunk; positions continue from the previous chunk."""
@@ -79,11 +86,22 @@ class Spill:
         extra = [np.arange(self.rows, self.rows + n, dtype=np.int64), file.astype(np.int32), rec.astype(np.int64),
                  line.astype(np.int64), bad.astype(bool)]
         arrays = [*canon.columns, *(pa.array(v, t) for v, (_, t) in zip(extra, SPILL_COLUMNS, strict=True))]
-        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema), row_group_size=max(n, 1))
+        self._wait()
+        self._pending = self._pool.submit(self._writer.write_table, pa.Table.from_arrays(arrays, schema=self.schema),
+                                          row_group_size=max(n, 1))
         self.rows += n
 
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
     def close(self) -> None:
-        self._writer.close()
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
+            self._writer.close()
 
 
 class CrossRow:
@@ -215,3 +233,45 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """DuckDB's Arrow types (string views, its own field names) -> the canonical schema, without metadata."""
     arrays = [table.column(i).cast(f.type).combine_chunks() for i, f in enumerate(schema)]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterator, depth: int = 1) -> Iterator:
+    """Produce the items of `items` in a background thread, `depth` ahead: reading the next chunk (Arrow releases
+    the GIL) overlaps with mapping this one. Exceptions reach the consumer; a consumer that stops early stops it."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(value: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put((_DONE, exc))
+
+    worker = threading.Thread(target=run, name="ingest-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if exc is not None:
+                raise exc
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
