@@ -587,8 +587,8 @@ def test_demo_section_reconciles(demo_report):
 
 
 def test_demo_markov_from_engine_transitions_equals_the_path_route(demo_report, demo_data):
-    """The pack solves Markov from the engine's transition counts: the same table as counting the distinct paths,
-    and the same removal effects and credits (to the cent) as the path route."""
+    """The engine's transition counts equal those counted over the distinct paths (the pack's route), and the pack's
+    removal effects and credits (to the cent) equal the path route's."""
     from analysis import journeys as J
     from analysis.context import open_context
 

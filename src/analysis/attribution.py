@@ -30,9 +30,11 @@ Time decay: computed per touch in the engine (``analysis.journeys.time_decay_tab
 
 Markov (``markov_removal_effects``): an absorbing chain of order k (definitions ``attribution.markov_order``)
 built from transition counts (start -> c1 -> ... -> cn -> conversion or null, each transition weighted by the
-journeys). At order 1 the pack takes the counts straight from the engine (``journeys.transition_table``, at most
-(K + 1) x (K + 2) rows; ``markov_removal_effects_from_transitions``); higher orders count them over the
-distinct paths. Both routes build the same chain and call one solver (``_solve_chain``). The conversion
+journeys), counted over the engine's distinct paths (``transition_counts``), so the cost follows distinct paths,
+not touch rows. The engine can also count them itself (``journeys.transition_table``, at most (K + 1) x (K + 2)
+rows, ``markov_removal_effects_from_transitions``) when only Markov is wanted; the pack does not, because it
+already has the distinct paths the other models need and a second pass over the touch rows costs more than
+counting ~10^5 paths in numpy. Both routes build the same chain and call one solver (``_solve_chain``). The conversion
 probability and each channel's removal effect are solved exactly with ``numpy.linalg.solve`` on the transient
 states (no simulation): removing a channel redirects every transition into a state containing it to null.
 RE_c = 1 - P(-c) / P.
@@ -1100,8 +1102,8 @@ def run_attribution(ctx, touch_key: str = "channel") -> AttributionReport:
         if cov[basis]["conversions_attributed"] == 0:
             continue
         ps = PathSet.from_frame(p)
-        if settings.markov_order == 1:  # the engine counts the chain's transitions; higher orders use the paths
-            tr = jr.fetch_transitions(jr.transition_table(ctx.tables, basis, w, ob, touch_key), ctx.con)
+        if settings.markov_order == 1:  # counted over the distinct paths already fetched: no second engine pass
+            tr = transition_counts(ps)
             res = markov_removal_effects_from_transitions(tr)
         else:
             tr, res = None, markov_removal_effects(ps, settings.markov_order)
