@@ -15,7 +15,7 @@ import pytest
 import yaml
 from statsmodels.stats.proportion import proportion_confint
 
-from analysis import brief, formats, plan
+from analysis import brief, formats, plan, plan_report
 from analysis.config import DEFINITIONS_FILE, load_definitions
 from analysis.context import open_context
 from analysis.engine import connect, load_tables
@@ -510,11 +510,11 @@ def test_band_classification():
 
 
 def test_planted_misses_are_listed_outside_the_band(data, monthly):
-    bad = plan.outside_band(monthly)
+    bad = plan_report.outside_band(monthly)
     cells = set(zip(bad["period"], bad["segment"], strict=True))
     assert ("2026-08", "Enterprise") in cells and ("2026-06", "SMB") in cells
     assert all(abs(a - 1) > 0.10 for a in bad["accuracy"])
-    text = " ".join(plan.summary_sentences(monthly))
+    text = " ".join(plan_report.summary_sentences(monthly))
     assert "2026-08 Enterprise" in text and "2026-06 SMB" in text
 
 
@@ -537,8 +537,9 @@ def test_missing_forecasts_leave_the_rest(tmp_path):
     assert not result.metrics["metric"].isin(["forecast_accuracy", "forecast_committed", "revenue_won"]).any()
     assert lookup(result.metrics, "pipeline_gap", "2026-10") is not None
     assert lookup(result.metrics, "pipeline_coverage", "2026-10") is not None
-    assert plan.accuracy_table(result).empty and not any("Forecast" in s for s in plan.summary_sentences(result))
-    plan.accuracy_chart(result)  # draws the band alone, no error
+    assert plan_report.accuracy_table(result).empty
+    assert not any("Forecast" in s for s in plan_report.summary_sentences(result))
+    plan_report.accuracy_chart(result)  # draws the band alone, no error
 
 
 # ---------------------------------------------------------------------------------- metrics contract
@@ -582,11 +583,11 @@ def test_charts_and_tables_render(monthly, quarterly):
     from analysis.charts import png_bytes
 
     for result in (monthly, quarterly):
-        for chart in (plan.needed_vs_created_chart, plan.coverage_chart, plan.accuracy_chart):
+        for chart in (plan_report.needed_vs_created_chart, plan_report.coverage_chart, plan_report.accuracy_chart):
             assert png_bytes(chart(result))[:4] == b"\x89PNG"
-        assert len(plan.model_table(result)) == len(result.model)
-        assert list(plan.coverage_detail_table(result)["segment"]) == [*SEGMENTS, "All"]
-    assert "2026-Q4 (next quarter)" in set(plan.model_table(quarterly)["period"])
+        assert len(plan_report.model_table(result)) == len(result.model)
+        assert list(plan_report.coverage_detail_table(result)["segment"]) == [*SEGMENTS, "All"]
+    assert "2026-Q4 (next quarter)" in set(plan_report.model_table(quarterly)["period"])
 
 
 def test_same_inputs_same_metrics(data, monthly):
