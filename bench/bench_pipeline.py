@@ -523,7 +523,7 @@ def main(argv=None) -> int:
                     help="largest size for the pandas path baseline (it needs ~2.5 GB per million leads)")
     ap.add_argument("--bypass-ingest", action="store_true",
                     help="when no processed copy is cached, write one with DuckDB instead of analysis.ingest "
-                         "(for sizes whose ingest does not fit in memory; reported as such)")
+                         "(reported as such; no longer needed for size: analysis.ingest is out of core)")
     args = ap.parse_args(argv)
     steps = [s for s in args.steps.split(",") if s]
     unknown = set(steps) - set(STEPS)

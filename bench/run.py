@@ -39,6 +39,8 @@ from bench_pipeline import STEPS, format_table, tree_rss  # noqa: E402
 
 def parse_size(text: str) -> int:
     text = text.strip().lower().replace("_", "")
+    if text == "never":
+        return sys.maxsize
     mult = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
     return int(float(text[:-1] if mult > 1 else text) * mult)
 
@@ -93,9 +95,10 @@ def main(argv=None) -> int:
                                                          str(Path(tempfile.gettempdir()) / "funnel-kit-bench")),
                     help="where generated demo exports are cached (10M leads take ~3 GB)")
     ap.add_argument("--max-memory", type=float, default=22.0, help="GiB; a size above it is stopped and reported")
-    ap.add_argument("--bypass-ingest-from", type=parse_size, default=10_000_000,
+    ap.add_argument("--bypass-ingest-from", type=parse_size, default="never",
                     help="from this size on, data/processed is written by a DuckDB copy instead of the kit's "
-                         "in-memory ingest (default 10M; say 0 to always bypass, a huge number never to)")
+                         "ingest (default never: the kit's ingest is out of core at every size; say 0 to always "
+                         "bypass)")
     ap.add_argument("--pandas-paths-max", type=parse_size, default=2_000_000,
                     help="largest size for the pandas path baseline (~1.5 GB per million leads; 10M took 15 GB)")
     ap.add_argument("--no-attribution", action="store_true", help="skip the attribution peers benchmark")
