@@ -522,6 +522,7 @@ class _TableRun:
     quarantine: pd.DataFrame
     report: TableReport
     latest: pd.Timestamp | None  # the latest timestamp of any kind in the kept rows
+    in_key_order: bool  # the export is already sorted by key: written without a sort
 
 
 @dataclass
@@ -550,7 +551,7 @@ def _run_table(tm: TableMapping, mapping: Mapping, defs: Definitions, reader: _R
     parts: list[pd.DataFrame] = []
     pseudo: dict[str, list[pa.Table]] = {}
     lookup_cache: dict = {}
-    spill = Spill(tmp / f"{name}.spill.parquet", schema.arrow_schema)
+    spill = Spill(tmp / f"{name}.spill.parquet", schema.arrow_schema, list(schema.key))
     try:
         for src in prefetch(_source_chunks(tm, srcs, chunk_rows)):
             m = _map_chunk(tm, mapping, defs.data, reader, raw_dir, srcs.files, src, lookup_cache)
@@ -593,7 +594,7 @@ def _run_table(tm: TableMapping, mapping: Mapping, defs: Definitions, reader: _R
         tally.rows_bad += np.bincount(late.column("_file").to_numpy()[fresh][first], minlength=len(tally.rows_bad))
         for r in np.unique(rule):
             tally.by_rule[r] = tally.by_rule.get(r, 0) + len(np.unique(pos[rule == r]))
-    return _finish_table(tm, srcs, rows, _quarantine(parts), tally)
+    return _finish_table(tm, srcs, rows, _quarantine(parts), tally, spill.in_key_order)
 
 
 def _rule_rows(problems: list[Problem]) -> dict[str, np.ndarray]:
@@ -643,7 +644,7 @@ def _late_quarantine(late: pa.Table, tm: TableMapping, mapping: Mapping, srcs: _
 
 
 def _finish_table(tm: TableMapping, srcs: _Sources, rows: CrossRow, quarantine: pd.DataFrame,
-                  tally: _Tally) -> _TableRun:
+                  tally: _Tally, in_key_order: bool) -> _TableRun:
     """The table's report (row accounting checked) and the extremes of its kept timestamps."""
     name = tm.table
     files = {rf.rel: FileReport(rf.rel, int(tally.rows_in[i]), int(tally.rows_in[i] - tally.rows_bad[i]),
@@ -665,7 +666,7 @@ def _finish_table(tm: TableMapping, srcs: _Sources, rows: CrossRow, quarantine: 
         lo, hi = ext[col]
         rep.min_timestamp, rep.max_timestamp = (str(lo), str(hi)) if col == "period" else (_iso(lo), _iso(hi))
     latest = [pd.Timestamp(ext[c][1]) for c in ts_cols if ext[c][1] is not None]
-    return _TableRun(name, rows, quarantine, rep, max(latest) if latest else None)
+    return _TableRun(name, rows, quarantine, rep, max(latest) if latest else None, in_key_order)
 
 
 # --------------------------------------------------------------------------------------------- ingest
@@ -719,7 +720,9 @@ def _publish(runs: dict[str, _TableRun], mapping: Mapping, defs: Definitions, re
         path = out_dir / f"{name}.parquet"
         if name in runs:
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            runs[name].rows.write_sorted(TABLES[name].arrow_schema, list(TABLES[name].key), tmp, PARQUET_OPTIONS)
+            run = runs[name]
+            run.rows.write_sorted(TABLES[name].arrow_schema, list(TABLES[name].key), tmp, PARQUET_OPTIONS,
+                                  run.in_key_order)
             os.replace(tmp, path)
             hashes[f"{name}.parquet"] = _sha256(path)
         elif path.exists():

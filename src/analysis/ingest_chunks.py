@@ -19,6 +19,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 # Rows mapped and validated at a time: big enough that per-chunk overhead vanishes, small enough that a chunk of
@@ -69,8 +70,10 @@ def _lit(path: Path) -> str:
 class Spill:
     """The mapped rows of one table, appended chunk by chunk to a Parquet file (fast codec: it is read once)."""
 
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
-        self.path = path
+    def __init__(self, path: Path, schema: pa.Schema, key: list[str]) -> None:
+        self.path, self.key = path, key
+        self.in_key_order = True  # the rows no row-local rule failed are already sorted by key (the usual export)
+        self._last: pa.Table | None = None  # key of the last such row so far
         self.schema = pa.schema([*(f.with_nullable(True) for f in schema), *(pa.field(n, t) for n, t in SPILL_COLUMNS)])
         self._writer = pq.ParquetWriter(path, self.schema, compression="lz4", use_dictionary=False,
                                         write_statistics=False)
@@ -83,6 +86,8 @@ class Spill:
     def append(self, canon: pa.Table, file: np.ndarray, rec: np.ndarray, line: np.ndarray, bad: np.ndarray) -> None:
         """Append one chunk; positions continue from the previous chunk."""
         n = canon.num_rows
+        if self.in_key_order:
+            self._check_order(canon, bad)
         extra = [np.arange(self.rows, self.rows + n, dtype=np.int64), file.astype(np.int32), rec.astype(np.int64),
                  line.astype(np.int64), bad.astype(bool)]
         arrays = [*canon.columns, *(pa.array(v, t) for v, (_, t) in zip(extra, SPILL_COLUMNS, strict=True))]
@@ -90,6 +95,27 @@ class Spill:
         self._pending = self._pool.submit(self._writer.write_table, pa.Table.from_arrays(arrays, schema=self.schema),
                                           row_group_size=max(n, 1))
         self.rows += n
+
+    def _check_order(self, canon: pa.Table, bad: np.ndarray) -> None:
+        """Keep `in_key_order` true while the good rows come in non-decreasing key order (byte order, as DuckDB)."""
+        keys = canon.select(self.key).filter(pa.array(~bad))
+        if any(keys.column(c).null_count for c in self.key):
+            self.in_key_order = False
+            return
+        if self._last is not None:
+            keys = pa.concat_tables([self._last, keys])
+        if keys.num_rows > 1:
+            before = None  # rows out of order on the keys compared so far (lexicographic, last key first)
+            for c in reversed(self.key):
+                col = keys.column(c).combine_chunks()
+                prev, cur = col.slice(0, len(col) - 1), col.slice(1)
+                less = pc.less(cur, prev)
+                before = less if before is None else pc.or_(less, pc.and_(pc.equal(cur, prev), before))
+            if pc.any(before).as_py():
+                self.in_key_order = False
+                return
+        if keys.num_rows:
+            self._last = keys.slice(keys.num_rows - 1)
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -109,6 +135,7 @@ class CrossRow:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, spill: Spill, name: str) -> None:
         self.con, self.name = con, name
+        self.path = spill.path
         self.src = f"spill_{name}"
         self.late = f"late_{name}"
         con.execute(f"CREATE OR REPLACE VIEW {self.src} AS SELECT * FROM read_parquet({_lit(spill.path)})")
@@ -193,22 +220,37 @@ class CrossRow:
         row = self.con.execute(f"SELECT {sel} {self._kept()}").fetchall()[0]
         return {c: (row[2 * i], row[2 * i + 1]) for i, c in enumerate(columns)}
 
-    def write_sorted(self, schema: pa.Schema, key: list[str], path: Path, options: dict) -> None:
-        """The kept rows sorted by key (file order among equal keys) as Parquet, ROW_GROUP_ROWS rows per group."""
-        cols = ", ".join(f"s.{_q(f.name)}" for f in schema)
-        order = ", ".join(f"s.{_q(c)} NULLS LAST" for c in key)
-        res = self.con.sql(f"SELECT {cols} {self._kept()} ORDER BY {order}, s._pos")
-        reader = res.to_arrow_reader(ROW_GROUP_ROWS)
+    def write_sorted(self, schema: pa.Schema, key: list[str], path: Path, options: dict, in_key_order: bool) -> None:
+        """The kept rows sorted by key (file order among equal keys) as Parquet, ROW_GROUP_ROWS rows per group.
+
+        When the export is already in key order the spill is streamed as it is: no sort."""
+        batches = self._file_order(schema) if in_key_order else self._sorted(schema, key)
         with pq.ParquetWriter(path, schema, **options) as writer:
             empty = True
-            for group in _regroup(reader, ROW_GROUP_ROWS):
+            for group in prefetch(_regroup(batches, ROW_GROUP_ROWS)):  # fetching overlaps with writing
                 writer.write_table(_conform(group, schema), row_group_size=ROW_GROUP_ROWS)
                 empty = False
             if empty:  # as pq.write_table writes an empty table: one empty row group
                 writer.write_table(schema.empty_table(), row_group_size=ROW_GROUP_ROWS)
 
+    def _sorted(self, schema: pa.Schema, key: list[str]) -> Iterator[pa.RecordBatch]:
+        cols = ", ".join(f"s.{_q(f.name)}" for f in schema)
+        order = ", ".join(f"s.{_q(c)} NULLS LAST" for c in key)
+        yield from self.con.sql(f"SELECT {cols} {self._kept()} ORDER BY {order}, s._pos").to_arrow_reader(
+            ROW_GROUP_ROWS)
 
-def _regroup(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
+    def _file_order(self, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+        late = self.con.sql(f"SELECT DISTINCT _pos FROM {self.late}").to_arrow_table().column(0).to_numpy()
+        names = [f.name for f in schema]
+        pf = pq.ParquetFile(self.path)
+        for batch in pf.iter_batches(batch_size=ROW_GROUP_ROWS, columns=[*names, "_pos", "_bad"]):
+            keep = ~batch.column("_bad").to_numpy(zero_copy_only=False)
+            if len(late):
+                keep &= ~np.isin(batch.column("_pos").to_numpy(), late)
+            yield batch.select(names).filter(pa.array(keep))
+
+
+def _regroup(reader: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
     """Re-cut a stream of batches into tables of exactly `rows` rows (the last one shorter)."""
     buf: list[pa.RecordBatch] = []
     have = 0
