@@ -502,3 +502,23 @@ def test_export_in_key_order_and_shuffled_give_the_same_bytes(tmp_path, definiti
     a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
     for name in TABLES:
         assert a[f"{name}.parquet"] == b[f"{name}.parquet"], name
+
+
+def test_spill_folder_is_removed_and_stale_ones_too(tmp_path, definitions, monkeypatch):
+    """Spills go to FUNNEL_KIT_INGEST_TMP and are removed after the run, failed or not; a folder left by a killed
+    ingest (its process gone) is removed by the next one."""
+    import subprocess
+    import sys
+
+    spills = tmp_path / "spills"
+    spills.mkdir()
+    monkeypatch.setenv("FUNNEL_KIT_INGEST_TMP", str(spills))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = spills / f"funnel-ingest-{int(dead.stdout)}-x1y2"
+    (stale / "duckdb").mkdir(parents=True)
+    (stale / "leads.spill.parquet").write_bytes(b"left by a killed run")
+    ingest(FIXTURES / "canonical", MAPPINGS / "canonical.yml", tmp_path / "out", definitions)
+    assert list(spills.iterdir()) == []
+    with pytest.raises(errors.InputFileError):
+        ingest(BAD / "non_utf8", MAPPINGS / "canonical.yml", tmp_path / "out2", definitions)
+    assert list(spills.iterdir()) == []

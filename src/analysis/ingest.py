@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ import pyarrow.parquet as pq
 
 from analysis.config import Definitions, load_definitions
 from analysis.errors import InputFileError
-from analysis.ingest_chunks import CHUNK_ROWS, CrossRow, Spill, connect, prefetch
+from analysis.ingest_chunks import CHUNK_ROWS, CrossRow, Spill, connect, prefetch, work_dir
 from analysis.ingest_read import _fail, _Raw, _read_csv, _Reader, _sha256  # noqa: F401 (_read_csv: tests)
 from analysis.mappings import ColumnSpec, Mapping, TableMapping, load_mapping, resolve_sources
 from analysis.schema import MONEY, TABLES, TS
@@ -684,7 +683,7 @@ def ingest(raw_dir: Path, mapping_path: Path, out_dir: Path, definitions: Defini
     if not raw_dir.is_dir():
         raise InputFileError("raw data folder not found", file=str(raw_dir), rule="missing_file")
     reader = _Reader(raw_dir)
-    tmp = Path(tempfile.mkdtemp(prefix="funnel-ingest-", dir=os.environ.get("FUNNEL_KIT_INGEST_TMP") or None))
+    tmp = work_dir()
     con = connect(tmp / "duckdb")
     try:
         runs: dict[str, _TableRun] = {}

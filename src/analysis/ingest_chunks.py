@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,6 +59,30 @@ def connect(tmp_dir: Path) -> duckdb.DuckDBPyConnection:
         con.execute(f"SET threads = {int(threads)}")
     con.execute("SET TimeZone = 'UTC'")
     return con
+
+
+TMP_PREFIX = "funnel-ingest-"
+
+
+def work_dir() -> Path:
+    """A fresh folder for spills (FUNNEL_KIT_INGEST_TMP, else the system's temporary folder), named after this
+    process; folders left by killed ingests (their process is gone) are removed first: they can hold gigabytes."""
+    parent = Path(os.environ.get("FUNNEL_KIT_INGEST_TMP") or tempfile.gettempdir())
+    for old in parent.glob(f"{TMP_PREFIX}*-*"):
+        pid = old.name[len(TMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _q(name: str) -> str:
