@@ -17,7 +17,7 @@ from lifelines.statistics import logrank_test as lifelines_logrank
 from lifelines.statistics import multivariate_logrank_test
 from statsmodels.duration.survfunc import SurvfuncRight
 
-from analysis import velocity
+from analysis import velocity, velocity_report
 from analysis.config import load_definitions
 from analysis.context import SectionContext, open_context
 from analysis.engine import connect, load_tables
@@ -284,13 +284,13 @@ def test_charts_render(case):
 
     w = velocity.period_windows(parse_period("2026-10"), AS_OF, DEFS.stats)
     for fig in (
-        velocity.km_chart(res.durations, w),
-        velocity.cif_chart(res.durations, w),
-        velocity.stage_chart(res.metrics),
+        velocity_report.km_chart(res.durations, w),
+        velocity_report.cif_chart(res.durations, w),
+        velocity_report.stage_chart(res.metrics),
     ):
         assert png_bytes(fig)[:4] == b"\x89PNG"
-    assert len(velocity.summary_table(res.metrics)) == 3
-    assert list(velocity.stage_table(res.metrics, velocity.open_stages(DEFS))["stage"]) == STAGES
+    assert len(velocity_report.summary_table(res.metrics)) == 3
+    assert list(velocity_report.stage_table(res.metrics, velocity.open_stages(DEFS))["stage"]) == STAGES
 
 
 # ----------------------------------------------------------------------------------------- Maven CRM sample
@@ -323,9 +323,10 @@ def test_tables_and_charts_on_empty_metrics():
     from analysis.metrics import empty
 
     m = empty()
-    assert velocity.summary_table(m).empty and velocity.stage_table(m).empty and velocity.lead_table(m).empty
-    assert velocity.early_close_table(m).empty
-    assert png_bytes(velocity.stage_chart(m))[:4] == b"\x89PNG"
+    assert velocity_report.summary_table(m).empty and velocity_report.stage_table(m).empty
+    assert velocity_report.lead_table(m).empty
+    assert velocity_report.early_close_table(m).empty
+    assert png_bytes(velocity_report.stage_chart(m))[:4] == b"\x89PNG"
 
 
 def test_early_close_without_common_follow_up_is_not_tested():
