@@ -578,6 +578,7 @@ def _run_table(tm: TableMapping, mapping: Mapping, defs: Definitions, reader: _R
                 pseudo.setdefault(cname, []).append(pa.table(pairs, schema=PSEUDONYM_PAIRS))
             spill.append(_arrow(m.canon, name), m.src.file, m.src.rec, m.src.line, bad)
     finally:
+        chunks.close()  # stops the reading thread at once if a chunk failed
         spill.close()
     _check_pseudonyms(pseudo, srcs.files[0].shown)
 
