@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from analysis import attribution as A
+from analysis import attribution_report as R
 from analysis.config import load_definitions
 
 DEFS = load_definitions()
@@ -580,7 +581,7 @@ def test_demo_section_reconciles(demo_report):
     assert set(m["section"]) == {"attribution"} and (m["period"] == "2026-10").all()
     assert {"credit_share", "first_vs_last_touch_gap", "sourced_pipeline", "influenced_pipeline",
             "won_rate_with_marketing", "won_rate_without_marketing"} <= set(m["metric"])
-    figs = [A.heatmap_chart(report.credits, "pipeline"), A.gap_chart(report.two_truth)]
+    figs = [R.heatmap_chart(report.credits, "pipeline"), R.gap_chart(report.two_truth)]
     from analysis.charts import png_bytes
 
     assert all(png_bytes(f)[:4] == b"\x89PNG" for f in figs)
@@ -621,10 +622,10 @@ def test_a_period_without_conversions_is_reported_not_crashed(demo_data):
     report = A.run_attribution(ctx)
     assert report.credits.empty and report.two_truth.empty
     assert any("omitted" in n for n in report.notes)
-    assert "nothing to attribute" in A.headline(report)
-    for fig in (A.heatmap_chart(report.credits, "pipeline"), A.gap_chart(report.two_truth)):
+    assert "nothing to attribute" in R.headline(report)
+    for fig in (R.heatmap_chart(report.credits, "pipeline"), R.gap_chart(report.two_truth)):
         assert png_bytes(fig)[:4] == b"\x89PNG"
-    assert A.display_two_truth(report.two_truth).empty
+    assert R.display_two_truth(report.two_truth).empty
     m = report.metrics
     assert "credit_share" not in set(m["metric"]) and "total_pipeline" in set(m["metric"])
 
