@@ -564,7 +564,8 @@ def _run_table(tm: TableMapping, mapping: Mapping, defs: Definitions, reader: _R
         return _run_small(tm, mapping, defs, reader, raw_dir, srcs, first, opp)
     spill = Spill(tmp / f"{name}.spill.parquet", schema.arrow_schema, list(schema.key))
     try:
-        for src in itertools.chain([first, second], chunks):
+        # One large chunk (second is None) is as valid as many.
+        for src in itertools.chain([first] if second is None else [first, second], chunks):
             m = _map_chunk(tm, mapping, defs.data, reader, raw_dir, srcs.files, src, lookup_cache)
             m.problems += check_schema(m.canon, schema, defs.data, m.type_bad, unique=False)
             m.problems += check_date_order(m.canon, name, m.date_only, np.zeros(len(m.canon), bool))
