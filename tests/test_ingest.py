@@ -391,6 +391,21 @@ def test_chunked_ingest_equals_whole_table_ingest(tmp_path, definitions):
     assert {"unique", "orphan"} <= rules["touchpoints"]
 
 
+def test_one_chunk_above_the_in_memory_limit_equals_whole_table_ingest(tmp_path, definitions, monkeypatch):
+    """A table read as a single chunk too large for the in-memory rules goes through the spill and DuckDB rules
+    alone (the demo's 316 214 touchpoints once raised a TypeError here) and gives the same bytes."""
+    import analysis.demo as demo
+    import analysis.ingest as ingest_module
+    raw = tmp_path / "raw"
+    demo.generate_demo_data(raw, n_leads=150, fmt="parquet")
+    _plant_problems(raw)
+    whole = ingest(raw, MAPPINGS / "canonical.yml", tmp_path / "whole", definitions)
+    monkeypatch.setattr(ingest_module, "SMALL_TABLE_ROWS", 5)
+    spilled = ingest(raw, MAPPINGS / "canonical.yml", tmp_path / "spilled", definitions)
+    assert _files(tmp_path / "whole") == _files(tmp_path / "spilled")
+    assert whole.tables == spilled.tables and whole.as_of == spilled.as_of
+
+
 def test_demo_export_chunked_equals_whole(tmp_path, definitions):
     """A 3 000-lead demo export read 997 records at a time: the same bytes as read whole."""
     import analysis.demo as demo
