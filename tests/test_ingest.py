@@ -520,8 +520,8 @@ def test_export_in_key_order_and_shuffled_give_the_same_bytes(tmp_path, definiti
 
 
 def test_spill_folder_is_removed_and_stale_ones_too(tmp_path, definitions, monkeypatch):
-    """Spills go to FUNNEL_KIT_INGEST_TMP and are removed after the run, failed or not; a folder left by a killed
-    ingest (its process gone) is removed by the next one."""
+    """Spills (tables in more than one chunk) go to FUNNEL_KIT_INGEST_TMP and are removed after the run, failed or
+    not; a folder left by a killed ingest (its process gone) is removed by the next one that spills."""
     import subprocess
     import sys
 
@@ -532,8 +532,8 @@ def test_spill_folder_is_removed_and_stale_ones_too(tmp_path, definitions, monke
     stale = spills / f"funnel-ingest-{int(dead.stdout)}-x1y2"
     (stale / "duckdb").mkdir(parents=True)
     (stale / "leads.spill.parquet").write_bytes(b"left by a killed run")
-    ingest(FIXTURES / "canonical", MAPPINGS / "canonical.yml", tmp_path / "out", definitions)
+    ingest(FIXTURES / "canonical", MAPPINGS / "canonical.yml", tmp_path / "out", definitions, chunk_rows=5)
     assert list(spills.iterdir()) == []
     with pytest.raises(errors.InputFileError):
-        ingest(BAD / "non_utf8", MAPPINGS / "canonical.yml", tmp_path / "out2", definitions)
+        ingest(BAD / "non_utf8", MAPPINGS / "canonical.yml", tmp_path / "out2", definitions, chunk_rows=5)
     assert list(spills.iterdir()) == []

@@ -530,6 +530,26 @@ class _TableRun:
     in_key_order: bool  # the export is already sorted by key: written without a sort
 
 
+class _Work:
+    """The spill folder and the DuckDB connection, made when the first table too big for memory needs them."""
+
+    def __init__(self) -> None:
+        self.tmp: Path | None = None
+        self.con: duckdb.DuckDBPyConnection | None = None
+
+    def open(self) -> tuple[Path, duckdb.DuckDBPyConnection]:
+        if self.tmp is None or self.con is None:
+            self.tmp = work_dir()
+            self.con = connect(self.tmp / "duckdb")
+        return self.tmp, self.con
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 @dataclass
 class _Tally:
     """Counts gathered chunk by chunk: per file rows in and rows quarantined, rows per rule."""
@@ -547,8 +567,7 @@ class _Tally:
 
 
 def _run_table(tm: TableMapping, mapping: Mapping, defs: Definitions, reader: _Reader, raw_dir: Path,
-               con: duckdb.DuckDBPyConnection, tmp: Path, chunk_rows: int,
-               opp: CrossRow | _InMemory | None) -> _TableRun:
+               work: _Work, chunk_rows: int, opp: CrossRow | _InMemory | None) -> _TableRun:
     """Map and check a table chunk by chunk into a spill file, then run the cross-row rules over the spill."""
     name, schema = tm.table, TABLES[tm.table]
     srcs = _sources(tm, reader, raw_dir)
@@ -562,6 +581,7 @@ def _run_table(tm: TableMapping, mapping: Mapping, defs: Definitions, reader: _R
     second = next(chunks, None)
     if second is None and len(first) <= SMALL_TABLE_ROWS:
         return _run_small(tm, mapping, defs, reader, raw_dir, srcs, first, opp)
+    tmp, con = work.open()
     spill = Spill(tmp / f"{name}.spill.parquet", schema.arrow_schema, list(schema.key))
     try:
         # One large chunk (second is None) is as valid as many.
@@ -749,23 +769,21 @@ def ingest(raw_dir: Path, mapping_path: Path, out_dir: Path, definitions: Defini
     if not raw_dir.is_dir():
         raise InputFileError("raw data folder not found", file=str(raw_dir), rule="missing_file")
     reader = _Reader(raw_dir)
-    tmp = work_dir()
-    con = connect(tmp / "duckdb")
+    work = _Work()
     try:
         runs: dict[str, _TableRun] = {}
         for name in TABLE_ORDER:  # a table the mapping lacks, or whose file is absent, is simply not present
             tm = mapping.tables.get(name)
             if tm is not None and resolve_sources(raw_dir, tm.sources):
                 opp = runs["opportunities"].rows if "opportunities" in runs else None
-                runs[name] = _run_table(tm, mapping, defs, reader, raw_dir, con, tmp, max(1, chunk_rows), opp)
+                runs[name] = _run_table(tm, mapping, defs, reader, raw_dir, work, max(1, chunk_rows), opp)
         if not runs:
             wanted = ", ".join(sorted({s for tm in mapping.tables.values() for s in tm.sources}))
             raise InputFileError(f"no file matches the mapping '{mapping.name}' (expected: {wanted})",
                                  file=str(raw_dir), rule="missing_file")
         return _publish(runs, mapping, defs, reader, raw_dir, out_dir)
     finally:
-        con.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        work.close()
 
 
 def _publish(runs: dict[str, _TableRun], mapping: Mapping, defs: Definitions, reader: _Reader, raw_dir: Path,
