@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FUNNEL_KIT_SHARED", ROOT.parent / "shared"))
 MAPPINGS = ROOT / "config" / "mappings"
 DEMO_PERIOD = "2026-10"
 
 
 def shared_data(name: str) -> Path:
-    """A folder of ../shared/data, or skip the test with the reason when the shared folder is absent."""
-    path = SHARED / "data" / name
-    if not path.exists():
-        pytest.skip(f"shared sample data not found at {path} (set FUNNEL_KIT_SHARED to the shared/ folder)")
-    return path
+    """A public sample data set vendored under tests/fixtures (copied unchanged from ../shared/data; see its
+    SOURCES.md), so every clone and CI run has it."""
+    return ROOT / "tests" / "fixtures" / name
 
 
 def _demo(root: Path, plant: bool) -> dict[str, Path]:

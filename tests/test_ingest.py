@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import re
 import shutil
 from decimal import Decimal
 from pathlib import Path
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import shared_data
 
 from analysis import errors
 from analysis.config import load_definitions
@@ -33,15 +35,8 @@ def definitions():
     return load_definitions()
 
 
-def shared_dir() -> Path:
-    return Path(os.environ.get("FUNNEL_KIT_SHARED", ROOT.parent / "shared"))
-
-
 def maven_dir() -> Path:
-    path = shared_dir() / "data" / "maven_crm"
-    if not (path / "sales_pipeline.csv").exists():
-        pytest.skip(f"Maven CRM sample not found at {path} (set FUNNEL_KIT_SHARED to the shared folder)")
-    return path
+    return shared_data("maven_crm")
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -537,3 +532,12 @@ def test_spill_folder_is_removed_and_stale_ones_too(tmp_path, definitions, monke
     with pytest.raises(errors.InputFileError):
         ingest(BAD / "non_utf8", MAPPINGS / "canonical.yml", tmp_path / "out2", definitions, chunk_rows=5)
     assert list(spills.iterdir()) == []
+
+
+def test_vendored_maven_sample_is_the_documented_download():
+    """tests/fixtures/maven_crm holds the official files unchanged: each sha256 as SOURCES.md records it."""
+    folder = maven_dir()
+    documented = dict(re.findall(r"\| `([a-z_]+\.csv)` \| `([0-9a-f]{64})` \|", (folder / "SOURCES.md").read_text()))
+    assert len(documented) == 5
+    for name, digest in documented.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
