@@ -315,6 +315,20 @@ def journey_transitions(journeys_t: ibis.Table, touches: ibis.Table) -> ibis.Tab
     return t.group_by(["from_state", "to_state"]).agg(journeys=t.count(), value_cents=t.value_cents.sum())
 
 
+def basis_journeys(
+    tables: Mapping[str, ibis.Table],
+    basis: str,
+    w: JourneyWindow,
+    origin_by_channel: Mapping[str, str],
+    touch_key: str = "channel",
+) -> tuple[ibis.Table, ibis.Table]:
+    """(journeys, their attributable touches) of a basis (``pipeline`` or ``revenue``): what the models read."""
+    if basis not in BASES:
+        raise ValueError(f"basis must be one of {BASES}")
+    jt = journeys(tables, basis, w)
+    return jt, attributable_touches(tables, w.as_of, origin_by_channel, touch_key, jt)
+
+
 def transition_table(
     tables: Mapping[str, ibis.Table],
     basis: str,
@@ -326,10 +340,7 @@ def transition_table(
 
     The same journeys and touches as ``path_table``; see ``journey_transitions`` for the columns.
     """
-    if basis not in BASES:
-        raise ValueError(f"basis must be one of {BASES}")
-    jt = journeys(tables, basis, w)
-    touches = attributable_touches(tables, w.as_of, origin_by_channel, touch_key, jt)
+    jt, touches = basis_journeys(tables, basis, w, origin_by_channel, touch_key)
     return journey_transitions(jt, touches)
 
 
@@ -344,10 +355,7 @@ def path_table(
 
     Columns: segment, path, creation_index, journeys, conversions, nulls, value_cents.
     """
-    if basis not in BASES:
-        raise ValueError(f"basis must be one of {BASES}")
-    jt = journeys(tables, basis, w)
-    touches = attributable_touches(tables, w.as_of, origin_by_channel, touch_key, jt)
+    jt, touches = basis_journeys(tables, basis, w, origin_by_channel, touch_key)
     return distinct_paths(jt, touches)
 
 
