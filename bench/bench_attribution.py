@@ -41,9 +41,7 @@ import argparse
 import contextlib
 import gc
 import io
-import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -52,6 +50,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from bench_pipeline import Peak  # noqa: E402  (one memory sampler for every benchmark)
+
 from analysis import attribution as A  # noqa: E402
 from analysis.config import load_definitions  # noqa: E402
 
@@ -59,38 +59,6 @@ CHANNELS = np.array(["paid_search", "paid_social", "organic_search", "content_sy
                      "email", "website_direct", "outbound_sdr", "partner_referral"])
 MAX_LEN = 18  # 11 ** 18 < 2 ** 63: a path is one int64 key (base 11, 0 = padding)
 SEED = 20251101
-
-
-# ------------------------------------------------------------------------------------------- memory
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakRSS:
-    """Peak resident memory above the starting point while the block runs (sampled by a thread)."""
-
-    def __enter__(self):
-        gc.collect()
-        self.start = _rss()
-        self.peak = self.start
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._poll, daemon=True)
-        self._t.start()
-        return self
-
-    def _poll(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, _rss())
-        self.mb = (self.peak - self.start) / 2**20
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -325,7 +293,7 @@ def timed(fn, *args, repeat: int = 3, **kwargs):
     repeated (best of `repeat`: the machine is shared), longer ones run once."""
     best, mb = np.inf, np.nan
     for i in range(max(1, repeat)):
-        with PeakRSS() as mem, contextlib.redirect_stdout(io.StringIO()):
+        with Peak(interval=0.002) as mem, contextlib.redirect_stdout(io.StringIO()):
             t0 = time.perf_counter()
             out = fn(*args, **kwargs)
             sec = time.perf_counter() - t0
