@@ -106,8 +106,8 @@ def stage_table(metrics: pd.DataFrame, stages: list[str] | None = None) -> pd.Da
     return out.reset_index()
 
 
-def km_chart(counts: pd.DataFrame, windows: PeriodWindows, by: str = "segment", max_days: int = 365):
-    """Kaplan-Meier share of deals still open by days since creation, per group (trailing months' cohorts)."""
+def _duration_figure(counts: pd.DataFrame, windows: PeriodWindows, by: str, ylabel: str):
+    """(figure, axes, [(colour, group, counts)]) for per-group curves over the trailing months' cohorts."""
     import seaborn as sns
 
     from analysis.charts import new_figure
@@ -115,18 +115,25 @@ def km_chart(counts: pd.DataFrame, windows: PeriodWindows, by: str = "segment", 
     trailing = counts[counts["cohort"].isin(windows.months)]
     fig, ax = new_figure(8, 3.4)
     colors = sns.color_palette()
-    for i, (g, c) in enumerate(trailing.groupby(by, sort=True)):
+    ax.set_xlabel("days since creation")
+    ax.set_ylabel(ylabel)
+    ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+    groups = [(colors[i % len(colors)], g, c) for i, (g, c) in enumerate(trailing.groupby(by, sort=True))]
+    return fig, ax, groups
+
+
+def km_chart(counts: pd.DataFrame, windows: PeriodWindows, by: str = "segment", max_days: int = 365):
+    """Kaplan-Meier share of deals still open by days since creation, per group (trailing months' cohorts)."""
+    fig, ax, groups = _duration_figure(counts, windows, by, "still open")
+    for color, g, c in groups:
         sf = survival_function(c)
         if sf is None:
             continue
         x = np.concatenate([[0.0], sf.surv_times])
         y = np.concatenate([[1.0], sf.surv_prob])
         keep = x <= max_days
-        ax.step(x[keep], y[keep], where="post", label=str(g), color=colors[i % len(colors)])
+        ax.step(x[keep], y[keep], where="post", label=str(g), color=color)
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("days since creation")
-    ax.set_ylabel("still open")
-    ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
     ax.set_title("Time to close (Kaplan-Meier, open deals censored)")
     ax.legend(title="", fontsize=8)
     return fig
@@ -134,23 +141,14 @@ def km_chart(counts: pd.DataFrame, windows: PeriodWindows, by: str = "segment", 
 
 def cif_chart(counts: pd.DataFrame, windows: PeriodWindows, by: str = "segment", max_days: int = 365):
     """Cumulative incidence of win and of loss by days since creation (competing outcomes), per group."""
-    import seaborn as sns
-
-    from analysis.charts import new_figure
-
-    trailing = counts[counts["cohort"].isin(windows.months)]
-    fig, ax = new_figure(8, 3.4)
-    colors = sns.color_palette()
-    for i, (g, c) in enumerate(trailing.groupby(by, sort=True)):
+    fig, ax, groups = _duration_figure(counts, windows, by, "cumulative incidence")
+    for color, g, c in groups:
         curve = _cif_curve(c)
         if curve.empty:
             continue
         curve = curve[curve["days"] <= max_days]
-        ax.step(curve["days"], curve["won"], where="post", color=colors[i % len(colors)], label=f"{g} won")
-        ax.step(curve["days"], curve["lost"], where="post", color=colors[i % len(colors)], ls="--", label=f"{g} lost")
-    ax.set_xlabel("days since creation")
-    ax.set_ylabel("cumulative incidence")
-    ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+        ax.step(curve["days"], curve["won"], where="post", color=color, label=f"{g} won")
+        ax.step(curve["days"], curve["lost"], where="post", color=color, ls="--", label=f"{g} lost")
     ax.set_title("Won (solid) and lost (dashed): Aalen-Johansen cumulative incidence")
     ax.legend(title="", fontsize=7, ncol=3)
     return fig
